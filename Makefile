@@ -1,0 +1,33 @@
+# Two commands for a newcomer (see README): `make demo` and `make test`.
+# Both create .venv/ in the repo root if missing and install the project into it.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.py requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) pipeline.py --runner=DirectRunner
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+bench: install
+	$(PY) bench/codec.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

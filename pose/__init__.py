@@ -1,0 +1,1 @@
+"""Core maths shared by every stage: coordinate convention, DARK codec, configs."""

@@ -1,0 +1,1 @@
+"""Single home of the keypoint definitions and the person-crop record spec."""

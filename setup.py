@@ -1,0 +1,37 @@
+"""Installable package for the DARK top-down pose pipeline.
+
+Installing the project (``pip install -e .``) is also how Dataflow workers get
+the code: pass ``--setup_file ./setup.py`` to a Beam pipeline.
+"""
+from setuptools import find_packages, setup
+
+RUNTIME_REQUIREMENTS = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.10,<4",
+    "apache-beam[gcp]>=2.77,<2.78",
+    "tensorflow-model-analysis>=0.52,<0.53",
+    "tfx-bsl>=1.21,<1.22",
+    "pycocotools>=2.0.8,<2.1",
+    "google-cloud-storage>=2.14,<4",
+    "kfp>=2.17,<2.17.3",
+    "opencv-python-headless>=4.9,<5",
+    "pyyaml>=6,<7",
+    "scipy>=1.11,<2",
+    "pillow>=10,<13",
+]
+
+setup(
+    name="darkpose-tf",
+    version="0.1.0",
+    description=(
+        "Distributed top-down 2D human pose estimation with DARK "
+        "(distribution-aware keypoint coordinates): Beam ExampleGen, "
+        "TF/Keras trainer, COCO/MPII evaluator with a blessing gate, pusher."
+    ),
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
+    include_package_data=True,
+    package_data={"": ["*.yaml"]},
+    install_requires=RUNTIME_REQUIREMENTS,
+    extras_require={"test": ["pytest>=8,<9", "pytest-timeout>=2.3,<3"]},
+)
