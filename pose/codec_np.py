@@ -19,8 +19,10 @@ Decoding methods:
   ``x <- x - H^-1 grad`` with the paper's central-difference stencils, applied
   where the 5x5 neighbourhood lies in the map and det(H) != 0.
 
-Scores are the maxima of the raw heatmaps. Non-finite heatmap values are
-treated as 0, so an all-NaN or all-zero map decodes to (0, 0) with score 0.
+Scores are the maxima of the raw heatmaps. NaN never wins the argmax; a map
+whose maximum is not finite (all NaN, or +inf) decodes to (0, 0) with score 0,
+and a sub-pixel step that comes out non-finite (NaN near the peak) is dropped.
+An all-zero map decodes to (0, 0) with score 0.
 """
 from __future__ import annotations
 
@@ -105,9 +107,9 @@ def encode(keypoints: np.ndarray, visible: np.ndarray, heatmap_size: Sequence[in
 
 
 def _argmax(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """maps (M, H, W) -> integer px (M,), py (M,), max values (M,)."""
+    """maps (M, H, W) -> integer px (M,), py (M,), max values (M,); NaN never wins."""
     flat = maps.reshape(maps.shape[0], -1)
-    index = np.argmax(flat, axis=1)
+    index = np.argmax(np.where(np.isnan(flat), -np.inf, flat), axis=1)
     width = maps.shape[2]
     return index % width, index // width, flat[np.arange(flat.shape[0]), index]
 
@@ -124,10 +126,11 @@ def blur(maps: np.ndarray, kernel_size: int) -> np.ndarray:
 
 def modulate(maps: np.ndarray, kernel_size: int) -> np.ndarray:
     """DARK distribution modulation: blur, then rescale each map to its original max."""
-    original_max = maps.max(axis=(1, 2), keepdims=True)
+    original_max = np.nanmax(np.where(np.isnan(maps), -np.inf, maps), axis=(1, 2), keepdims=True)
     blurred = blur(maps, kernel_size)
-    blurred_max = blurred.max(axis=(1, 2), keepdims=True)
-    ratio = np.divide(original_max, blurred_max, out=np.ones_like(blurred_max), where=blurred_max > 0)
+    blurred_max = np.nanmax(np.where(np.isnan(blurred), -np.inf, blurred), axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore"):
+        ratio = np.divide(original_max, blurred_max, out=np.ones_like(blurred_max), where=blurred_max > 0)
     return blurred * ratio
 
 
@@ -181,7 +184,6 @@ def decode(heatmaps: np.ndarray, method: str = "dark", blur_kernel: int = 11) ->
         raise ValueError(f"heatmaps must be (..., H, W, K), got shape {heatmaps.shape}")
     lead, (height, width, joints) = heatmaps.shape[:-3], heatmaps.shape[-3:]
     maps = np.moveaxis(heatmaps, -1, -3).reshape(-1, height, width)
-    maps = np.where(np.isfinite(maps), maps, 0.0)
     px, py, scores = _argmax(maps)
     coords = np.stack([px, py], axis=-1).astype(np.float64)
     m = np.arange(maps.shape[0])
@@ -193,6 +195,12 @@ def decode(heatmaps: np.ndarray, method: str = "dark", blur_kernel: int = 11) ->
         coords[:, 0] += np.where(inner_x, 0.25 * np.sign(diff_x), 0.0)
         coords[:, 1] += np.where(inner_y, 0.25 * np.sign(diff_y), 0.0)
     elif method == "dark":
-        log_maps = np.log(np.maximum(modulate(maps, blur_kernel), LOG_FLOOR))
+        with np.errstate(invalid="ignore"):
+            log_maps = np.log(np.maximum(modulate(maps, blur_kernel), LOG_FLOOR))
         coords += taylor_offsets(log_maps, px, py)
+    integer = np.stack([px, py], axis=-1).astype(np.float64)
+    coords = np.where(np.isfinite(coords), coords, integer)
+    valid = np.isfinite(scores)
+    coords = np.where(valid[:, None], coords, 0.0)
+    scores = np.where(valid, scores, 0.0)
     return coords.reshape(*lead, joints, 2), scores.reshape(*lead, joints)

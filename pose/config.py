@@ -60,6 +60,7 @@ DEFAULTS: Dict[str, Any] = {
         "rotation_prob": 0.6,
         "half_body_prob": 0.3,
         "half_body_min_joints": 8,
+        "half_body_padding": 1.5,      # half-body window = joints' box (crop aspect) x this
     },
     "train": {
         "batch_size": 32,              # global batch
@@ -88,6 +89,9 @@ DEFAULTS: Dict[str, Any] = {
         "oks_nms_threshold": 0.9,
         "soft_nms": False,
         "thresholds": {},              # metric -> {lower_bound, upper_bound, max_drop}
+        "slice_by_person_size": True,  # TFMA slices person_size=medium/large (COCO)
+        "restrict_to_eval_images": False,  # COCO: score only images present in Split-eval
+        "report_overlays": 6,          # PNG skeleton overlays in the evaluation report
     },
     "small_run": {},
 }

@@ -1,0 +1,126 @@
+"""Benchmark of the DARK codec.
+
+Run:  .venv/bin/python bench/codec.py        (or `make bench`)
+
+Prints one table from one run:
+  * decode time of a batch of 64 x 17 heatmaps of 64x48: the batched TF
+    decoder (inside a tf.function, after warm-up) vs a per-joint NumPy/OpenCV
+    loop of the same algorithm (the shape of DarkPose's reference code), and
+    the ratio (target: TF >= 50x faster);
+  * clean round-trip error (heatmap pixels, mean) of argmax / standard / DARK
+    decoding at 64x48, 32x24 and 16x12.
+The last line is JSON with the key figures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pose import codec_np, codec_tf  # noqa: E402
+
+BATCH, JOINTS = 64, 17
+GEOMETRIES = {"64x48": ((64, 48), 2.0, 11), "32x24": ((32, 24), 1.0, 3), "16x12": ((16, 12), 1.0, 3)}
+
+
+def decode_per_joint_loop(heatmaps: np.ndarray, kernel: int) -> np.ndarray:
+    """The same DARK algorithm, one joint at a time with OpenCV (the reference's structure)."""
+    batch, height, width, joints = heatmaps.shape
+    coords = np.zeros((batch, joints, 2))
+    radius = kernel // 2
+    for b in range(batch):
+        for k in range(joints):
+            hm = heatmaps[b, :, :, k].astype(np.float64)
+            index = int(np.argmax(hm))
+            py, px = divmod(index, width)
+            original_max = hm.max()
+            blurred = cv2.GaussianBlur(np.pad(hm, radius), (kernel, kernel), 0)[radius:-radius, radius:-radius]
+            if blurred.max() > 0:
+                blurred *= original_max / blurred.max()
+            log = np.log(np.maximum(blurred, codec_np.LOG_FLOOR))
+            x, y = float(px), float(py)
+            if 1 < px < width - 2 and 1 < py < height - 2:
+                dx = 0.5 * (log[py, px + 1] - log[py, px - 1])
+                dy = 0.5 * (log[py + 1, px] - log[py - 1, px])
+                dxx = 0.25 * (log[py, px + 2] - 2 * log[py, px] + log[py, px - 2])
+                dxy = 0.25 * (log[py + 1, px + 1] - log[py - 1, px + 1] - log[py + 1, px - 1] + log[py - 1, px - 1])
+                dyy = 0.25 * (log[py + 2, px] - 2 * log[py, px] + log[py - 2, px])
+                det = dxx * dyy - dxy ** 2
+                if det != 0:
+                    hessian_inverse = np.linalg.inv(np.array([[dxx, dxy], [dxy, dyy]]))
+                    offset = -hessian_inverse @ np.array([dx, dy])
+                    x, y = x + offset[0], y + offset[1]
+            coords[b, k] = (x, y)
+    return coords
+
+
+def best_of(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> dict:
+    rng = np.random.default_rng(0)
+    (height, width), sigma, kernel = GEOMETRIES["64x48"]
+    keypoints = rng.uniform([3, 3], [width - 4, height - 4], size=(BATCH, JOINTS, 2))
+    heatmaps, _ = codec_np.encode(keypoints, np.ones((BATCH, JOINTS)), (height, width), sigma)
+    heatmaps = (heatmaps + rng.normal(0, 0.02, heatmaps.shape)).astype(np.float32)
+
+    decode_tf = tf.function(lambda h: codec_tf.decode(h, "dark", kernel),
+                            input_signature=[tf.TensorSpec([None, height, width, JOINTS], tf.float32)])
+    batch_tensor = tf.constant(heatmaps)
+    for _ in range(3):
+        decode_tf(batch_tensor)[0].numpy()
+    tf_seconds = best_of(lambda: decode_tf(batch_tensor)[0].numpy(), 20)
+    loop_seconds = best_of(lambda: decode_per_joint_loop(heatmaps, kernel), 3)
+    loop_coords = decode_per_joint_loop(heatmaps, kernel)
+    agreement = float(np.abs(decode_tf(batch_tensor)[0].numpy() - loop_coords).max())
+
+    errors = {}
+    for name, (size, geometry_sigma, geometry_kernel) in GEOMETRIES.items():
+        points = rng.uniform([3, 3], [size[1] - 4, size[0] - 4], size=(256, JOINTS, 2))
+        clean, _ = codec_np.encode(points, np.ones(points.shape[:2]), size, geometry_sigma)
+        for method in codec_np.DECODING_METHODS:
+            decoded, _ = codec_np.decode(clean, method, geometry_kernel)
+            errors[(name, method)] = float(np.linalg.norm(decoded - points, axis=-1).mean())
+
+    speedup = loop_seconds / tf_seconds
+    print(f"DARK decode of {BATCH}x{JOINTS} heatmaps at {height}x{width} (kernel {kernel}), this CPU:")
+    print(f"{'decoder':<34}{'ms / batch':>12}{'ratio':>10}")
+    print(f"{'per-joint NumPy/OpenCV loop':<34}{loop_seconds * 1e3:>12.2f}{1.0:>10.1f}")
+    print(f"{'TF batched (tf.function)':<34}{tf_seconds * 1e3:>12.2f}{speedup:>10.1f}")
+    print(f"max |TF - loop| = {agreement:.2e} px   target: ratio >= 50  ->  {'PASS' if speedup >= 50 else 'FAIL'}")
+    print()
+    print("clean round-trip error, heatmap pixels (mean over 256 x 17 keypoints):")
+    print(f"{'heatmap':<10}{'sigma':>6}{'kernel':>8}{'argmax':>10}{'standard':>10}{'dark':>10}")
+    for name, (size, geometry_sigma, geometry_kernel) in GEOMETRIES.items():
+        print(f"{name:<10}{geometry_sigma:>6.0f}{geometry_kernel:>8}{errors[(name, 'argmax')]:>10.4f}"
+              f"{errors[(name, 'standard')]:>10.4f}{errors[(name, 'dark')]:>10.4f}")
+    summary = {
+        "decode_speedup": round(speedup, 1),
+        "tf_decode_ms": round(tf_seconds * 1e3, 3),
+        "loop_decode_ms": round(loop_seconds * 1e3, 2),
+        "dark_err_64x48": round(errors[("64x48", "dark")], 5),
+        "dark_err_32x24": round(errors[("32x24", "dark")], 5),
+        "dark_err_16x12": round(errors[("16x12", "dark")], 5),
+        "standard_err_64x48": round(errors[("64x48", "standard")], 5),
+        "argmax_err_64x48": round(errors[("64x48", "argmax")], 5),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
