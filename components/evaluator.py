@@ -1,0 +1,448 @@
+"""Evaluator: Beam inference over ``Split-eval`` + TFMA metrics/thresholds -> blessing.
+
+Steps of :func:`run_evaluator`:
+
+1. **Inference** (Beam): read ``<examples_dir>/Split-eval`` records, batch them,
+   run the candidate's (and the baseline's) ``serving_default`` signature
+   (flip test and DARK decoding happen inside the exported graph, keypoints
+   come back in original-image pixels), join them with the records' ground
+   truth into one tf.Example per person (:func:`components.tfma_metrics.build_joined_example`).
+   Records that cannot be evaluated (unparsable, wrong dataset or schema
+   version, non-finite predictions, no ``gt_valid`` row) go to a dead-letter
+   file with their reason and are counted; any dead letter blocks the blessing.
+2. **TFMA**: ``tfma.run_model_analysis`` over the joined examples in
+   materialized-predictions mode, with our custom metrics (COCO OKS-AP or MPII
+   PCKh), slices by person size, and the value/change thresholds in the EvalConfig.
+3. **Direct check**: the same metrics computed directly (pycocotools / PCKh)
+   must equal TFMA's; also writes the COCO results json and per-keypoint numbers.
+4. **Blessing**: ``BLESSED`` iff TFMA's validation passed, no record was
+   skipped and TFMA agrees with the direct computation.
+5. **Report**: ``evaluation/report.md`` + PNG overlays.
+
+Outputs in ``output_dir``: ``BLESSED``/``NOT_BLESSED``, ``blessing.json``,
+``evaluation/{keypoint_results.json, metrics.json, report.md, overlays/,
+joined/, dead_letters*.jsonl, tfma/}``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Sequence
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+
+from components import blessing as blessing_lib
+from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
+from schemas import features as record_features
+from schemas import serving
+from schemas.keypoints import get_schema
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+EVALUATION_DIR = "evaluation"
+_TOLERANCE = 1e-9
+
+
+def resolve_baseline(push_destination: str) -> str | None:
+    """The latest blessed, completely pushed model directory under ``push_destination``, or ``None``."""
+    if not push_destination:
+        return None
+    return pusher.latest_blessed_version(push_destination)
+
+
+def eval_file_pattern(examples_dir: str) -> str:
+    """``<examples_dir>/Split-eval/*`` if present, else the records directly in ``examples_dir``
+    (or ``examples_dir`` itself when it is a glob or a file).
+
+    Raises:
+        FileNotFoundError: the pattern matches no file.
+    """
+    split = os.path.join(examples_dir, "Split-eval")
+    if tf.io.gfile.isdir(split):
+        pattern = os.path.join(split, "*")
+    elif tf.io.gfile.isdir(examples_dir):
+        pattern = os.path.join(examples_dir, "*")
+    else:
+        pattern = examples_dir
+    files = [f for f in tf.io.gfile.glob(pattern) if not os.path.basename(f).startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"no eval records found at {pattern}")
+    return pattern
+
+
+# --------------------------------------------------------------------------
+# Beam inference
+# --------------------------------------------------------------------------
+
+def _person_size(annotation_id: int, gt_area: float, scale: np.ndarray, padding: float) -> str:
+    if annotation_id >= 0:
+        return metrics_coco.person_size(gt_area)
+    box = np.asarray(scale, np.float64) / padding
+    return metrics_coco.person_size(float(box[0] * box[1]))
+
+
+class InferenceFn(beam.DoFn):
+    """Runs the models on a batch of serialized records; emits joined examples.
+
+    Main output: serialized joined tf.Examples. Tagged output :attr:`DEAD_LETTER`:
+    JSON lines ``{"reason", "detail", "image_id", "annotation_id"}`` with reasons
+    ``unparsable_record``, ``model_error`` (the signature failed on this record),
+    ``schema_version``, ``wrong_dataset``, ``non_finite_prediction``, ``no_gt_valid_row``.
+    A failing batch is retried record by record to isolate the bad ones.
+    """
+
+    DEAD_LETTER = "dead_letter"
+
+    def __init__(self, model_paths: Mapping[str, str], dataset: str, padding: float = 1.25,
+                 gt_valid_path: str | None = None):
+        self._model_paths = dict(model_paths)
+        self._dataset = dataset
+        self._padding = float(padding)
+        self._gt_valid_path = gt_valid_path
+        self._num_joints = get_schema(dataset).num_joints
+
+    def setup(self):
+        self._loaded = {name: tf.saved_model.load(path) for name, path in self._model_paths.items()}
+        self._signatures = {name: model.signatures[serving.SERVING_DEFAULT] for name, model in self._loaded.items()}
+        self._gt_valid = metrics_mpii.load_gt_valid(self._gt_valid_path) if self._gt_valid_path else None
+        self._persons = beam.metrics.Metrics.counter("evaluator", "persons")
+
+    def _dead(self, reason: str, detail: str, parsed: Mapping[str, Any] | None = None, index: int = 0):
+        beam.metrics.Metrics.counter("evaluator", f"skipped_{reason}").inc()
+        letter = {"reason": reason, "detail": detail[:500]}
+        if parsed is not None:
+            letter["image_id"] = int(parsed["image/id"][index])
+            letter["annotation_id"] = int(parsed["annotation/id"][index])
+        return beam.pvalue.TaggedOutput(self.DEAD_LETTER, json.dumps(letter))
+
+    def process(self, batch: List[bytes]) -> Iterator[Any]:
+        try:
+            yield from self._process_batch(list(batch))
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            if len(batch) == 1:
+                try:  # tell a broken record from a record the model cannot process (e.g. a corrupt JPEG)
+                    record_features.parse_records(tf.constant(batch), self._num_joints)
+                    reason = "model_error"
+                except (tf.errors.InvalidArgumentError, ValueError):
+                    reason = "unparsable_record"
+                yield self._dead(reason, str(error))
+                return
+            for record in batch:  # isolate the bad record(s)
+                yield from self.process([record])
+
+    def _process_batch(self, batch: List[bytes]) -> Iterator[Any]:
+        parsed = {key: value.numpy() for key, value in
+                  record_features.parse_records(tf.constant(batch), self._num_joints).items()}
+        good = []
+        for index in range(len(batch)):
+            dataset = parsed["dataset"][index].decode("utf-8", "replace")
+            if int(parsed["schema/version"][index]) != record_features.SCHEMA_VERSION:
+                yield self._dead("schema_version", f"record schema {int(parsed['schema/version'][index])}, "
+                                 f"expected {record_features.SCHEMA_VERSION}", parsed, index)
+            elif dataset != self._dataset:
+                yield self._dead("wrong_dataset", f"record dataset {dataset!r}, config {self._dataset!r}", parsed, index)
+            else:
+                good.append(index)
+        if not good:
+            return
+        examples = tf.constant([batch[index] for index in good])
+        predictions = {}
+        for name, signature in self._signatures.items():
+            outputs = signature(**{serving.INPUT_EXAMPLES: examples})
+            keypoints = outputs[serving.OUTPUT_KEYPOINTS_IMAGE].numpy().astype(np.float64)
+            scores = outputs[serving.OUTPUT_SCORES].numpy().astype(np.float64)
+            if keypoints.shape != (len(good), self._num_joints, 2) or scores.shape != (len(good), self._num_joints):
+                raise RuntimeError(f"model {name} returned keypoints {keypoints.shape} / scores {scores.shape}, "
+                                   f"expected ({len(good)}, {self._num_joints}, 2) / ({len(good)}, {self._num_joints})")
+            predictions[name] = np.concatenate([keypoints, scores[..., None]], axis=-1)
+        head_sizes = np.zeros(len(good))
+        matched = np.ones(len(good), bool)
+        if self._gt_valid is not None:
+            for position, index in enumerate(good):
+                try:
+                    row = metrics_mpii.match_rows(parsed["keypoints/image"][index][None],
+                                                  parsed["keypoints/visibility"][index][None] > 0, self._gt_valid)[0]
+                    head_sizes[position] = self._gt_valid["head_sizes"][row]
+                except ValueError as error:
+                    matched[position] = False
+                    yield self._dead("no_gt_valid_row", str(error), parsed, index)
+        for position, index in enumerate(good):
+            if not matched[position]:
+                continue
+            bad_models = [name for name, values in predictions.items() if not np.all(np.isfinite(values[position]))]
+            if bad_models:
+                yield self._dead("non_finite_prediction", f"models {bad_models}", parsed, index)
+                continue
+            scale = parsed["bbox/scale"][index]
+            annotation_id = int(parsed["annotation/id"][index])
+            gt_area = float(parsed["person/area"][index])
+            person = {
+                "image_id": int(parsed["image/id"][index]), "annotation_id": annotation_id,
+                "image_height": int(parsed["image/height"][index]), "image_width": int(parsed["image/width"][index]),
+                "gt_area": gt_area, "box_score": float(parsed["bbox/score"][index]),
+                "window_area": float(scale[0] * scale[1]), "center": parsed["bbox/center"][index], "scale": scale,
+                "gt_keypoints": parsed["keypoints/image"][index], "visibility": parsed["keypoints/visibility"][index],
+                "head_size": float(head_sizes[position]),
+                "person_size": _person_size(annotation_id, gt_area, scale, self._padding),
+            }
+            self._persons.inc()
+            yield tfma_metrics.build_joined_example(
+                person, {name: values[position] for name, values in predictions.items()}).SerializeToString()
+
+
+def run_inference(pattern: str, model_paths: Mapping[str, str], dataset: str, output_dir: str,
+                  batch_size: int, padding: float, gt_valid_path: str | None,
+                  beam_args: Sequence[str]) -> Dict[str, Any]:
+    """Beam pipeline: records -> joined examples (``output_dir/joined-*.tfrecord``) + dead letters.
+
+    Returns:
+        ``{"joined_pattern", "num_persons", "skipped": {reason: count}}``.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    joined_prefix = os.path.join(output_dir, "joined", "joined")
+    dead_prefix = os.path.join(output_dir, "dead_letters")
+    for stale in tf.io.gfile.glob(joined_prefix + "*") + tf.io.gfile.glob(dead_prefix + "*"):
+        tf.io.gfile.remove(stale)
+    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+        outputs = (
+            pipeline
+            | "ReadEvalRecords" >> beam.io.ReadFromTFRecord(pattern)
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
+            | "RunModels" >> beam.ParDo(InferenceFn(model_paths, dataset, padding, gt_valid_path)).with_outputs(
+                InferenceFn.DEAD_LETTER, main="joined")
+        )
+        _ = outputs.joined | "WriteJoined" >> beam.io.WriteToTFRecord(joined_prefix, file_name_suffix=".tfrecord")
+        _ = outputs[InferenceFn.DEAD_LETTER] | "WriteDeadLetters" >> beam.io.WriteToText(
+            dead_prefix, file_name_suffix=".jsonl")
+    skipped: Dict[str, int] = {}
+    for path in tf.io.gfile.glob(dead_prefix + "*"):
+        with tf.io.gfile.GFile(path) as handle:
+            for line in handle:
+                if line.strip():
+                    reason = json.loads(line)["reason"]
+                    skipped[reason] = skipped.get(reason, 0) + 1
+    joined_pattern = joined_prefix + "*"
+    count = sum(1 for path in tf.io.gfile.glob(joined_pattern) for _ in tf.data.TFRecordDataset(path))
+    return {"joined_pattern": joined_pattern, "num_persons": count, "skipped": skipped}
+
+
+def read_joined(pattern: str, num_joints: int, model_names: Sequence[str]) -> Dict[str, List[Dict[str, Any]]]:
+    """Reads joined examples back into ``{model_name: [person dicts as the TFMA combiner sees them]}``."""
+    spec = tfma_metrics.joined_feature_spec(num_joints, model_names)
+    persons: Dict[str, List[Dict[str, Any]]] = {name: [] for name in model_names}
+    files = sorted(tf.io.gfile.glob(pattern))
+    for batch in tf.data.TFRecordDataset(files).batch(1024):
+        parsed = {key: value.numpy() for key, value in tf.io.parse_example(batch, spec).items()}
+        for index in range(len(parsed["image_id"])):
+            base = {key: parsed[key][index].tolist() for key in spec
+                    if not key.endswith("_predictions") and key != tfma_metrics.SLICE_FEATURE}
+            base[tfma_metrics.SLICE_FEATURE] = parsed[tfma_metrics.SLICE_FEATURE][index].decode()
+            for name in model_names:
+                persons[name].append(dict(base, prediction=parsed[tfma_metrics.prediction_key(name)][index].tolist()))
+    return persons
+
+
+# --------------------------------------------------------------------------
+# TFMA
+# --------------------------------------------------------------------------
+
+def run_tfma(joined_pattern: str, eval_config, output_path: str, has_baseline: bool,
+             beam_args: Sequence[str]) -> Dict[str, Any]:
+    """Runs TFMA on the joined examples; returns metrics per slice/model, diffs and the validation."""
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_model_analysis import constants
+    from tensorflow_model_analysis.api import types
+
+    shared = [types.EvalSharedModel(model_name=tfma_metrics.CANDIDATE, model_type=constants.MATERIALIZED_PREDICTION)]
+    if has_baseline:
+        shared.append(types.EvalSharedModel(model_name=tfma_metrics.BASELINE, is_baseline=True,
+                                            model_type=constants.MATERIALIZED_PREDICTION))
+    tfma.run_model_analysis(eval_shared_model=shared if has_baseline else shared[0], eval_config=eval_config,
+                            data_location=joined_pattern, output_path=output_path,
+                            pipeline_options=PipelineOptions(list(beam_args)))
+    slices: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for metrics_for_slice in tfma.load_metrics(output_path):
+        keys = metrics_for_slice.slice_key.single_slice_keys
+        slice_name = "overall" if not keys else ",".join(
+            f"{key.column}={key.bytes_value.decode() if key.HasField('bytes_value') else key.int64_value}" for key in keys)
+        table = slices.setdefault(slice_name, {})
+        for item in metrics_for_slice.metric_keys_and_values:
+            model = item.key.model_name or tfma_metrics.CANDIDATE
+            group = f"{model}_diff" if item.key.is_diff else model
+            table.setdefault(group, {})[item.key.name] = float(item.value.double_value.value)
+    validation = tfma.load_validation_result(output_path)
+    failures = []
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            failures.append({"metric": failure.metric_key.name, "is_diff": failure.metric_key.is_diff,
+                             "value": failure.metric_value.double_value.value, "message": failure.message,
+                             "threshold": str(failure.metric_threshold).replace("\n", " ")})
+    return {"slices": slices, "validation_ok": bool(validation.validation_ok), "failures": failures}
+
+
+# --------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------
+
+def _direct_metrics(dataset: str, persons: Sequence[Mapping[str, Any]], options: Mapping[str, Any],
+                    ) -> Dict[str, Any]:
+    if dataset == "coco":
+        stats, per_keypoint, results = metrics_coco.evaluate_persons(
+            tfma_metrics.persons_from_joined(persons), gt=options.get("gt_annotations"),
+            rescore_threshold=options["rescore_threshold"], nms_threshold=options["nms_threshold"],
+            soft_nms=options["soft_nms"], restrict_to_result_images=options["restrict_to_eval_images"])
+        return {"metrics": {name: stats[name] for name in tfma_metrics.COCO_METRIC_NAMES},
+                "per_keypoint": per_keypoint, "results": results, "extra": {"num_results": stats["num_results"]}}
+    converted = tfma_metrics.persons_from_joined(persons)
+    table = metrics_mpii.pckh_table(np.stack([p["keypoints"] for p in converted]),
+                                    np.stack([p["gt_keypoints"] for p in converted]),
+                                    np.stack([p["visibility"] for p in converted]) > 0,
+                                    np.asarray([p["head_size"] for p in converted]))
+    return {"metrics": {name: table[name] for name in tfma_metrics.MPII_METRIC_NAMES},
+            "per_keypoint": table["per_joint"], "results": None,
+            "extra": {key: value for key, value in table.items() if key != "per_joint"}}
+
+
+def _format_check(row: Mapping[str, Any]) -> str:
+    value = "missing" if row["value"] is None else f"{row['value']:.4f}"
+    if row["kind"] == "max_drop":
+        return f"{row['metric']} change {value} < -{-row['bound']:.4f} (max_drop)"
+    relation = "<" if row["kind"] == "lower_bound" else ">"
+    return f"{row['metric']} = {value} {relation} {row['kind']} {row['bound']:.4f}"
+
+
+def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], output_dir: str,
+                  baseline_model_dir: str | None = None, gt_annotations: str | None = None,
+                  beam_args: List[str] | None = None) -> Dict[str, Any]:
+    """Evaluates a candidate SavedModel (against an optional baseline) and writes the blessing.
+
+    Args:
+        model_dir: trainer output holding ``Format-Serving`` (or a SavedModel dir, e.g. a pushed version).
+        examples_dir: ExampleGen output (``Split-eval`` is used), or a directory/glob of eval records.
+        config: loaded experiment config (:func:`pose.config.load_config`); uses ``dataset``,
+            ``data.padding`` and the ``eval`` section.
+        output_dir: blessing directory; ``evaluation/`` is written inside.
+        baseline_model_dir: model to compare against (change thresholds); ``None`` skips them.
+        gt_annotations: COCO keypoint json (needed for detector-box records; gives the exact
+            protocol with crowd / unlabelled persons) or, for MPII, a ``gt_valid.mat`` layout
+            file (required: head sizes).
+        beam_args: Beam pipeline flags; default DirectRunner in-memory.
+
+    Returns:
+        The ``blessing.json`` dict (``blessed``, ``metrics``, ``baseline_metrics``,
+        ``checks``, ``reasons``, ``skipped``, ``slices``, ...).
+
+    Raises:
+        ValueError: bad config/thresholds, MPII without ``gt_annotations``, no evaluable record.
+        FileNotFoundError: missing model or records.
+    """
+    dataset = config["dataset"]
+    schema = get_schema(dataset)
+    eval_config_section = config["eval"]
+    thresholds = tfma_metrics.validate_thresholds(eval_config_section.get("thresholds", {}), dataset)
+    batch_size = int(eval_config_section["batch_size"])
+    if batch_size < 1:
+        raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
+    if dataset == "mpii" and not gt_annotations:
+        raise ValueError("gt_annotations (a gt_valid.mat layout file) is required for MPII PCKh: "
+                         "the records carry no head boxes")
+    if gt_annotations and not tf.io.gfile.exists(gt_annotations):
+        raise FileNotFoundError(f"gt_annotations {gt_annotations} does not exist")
+    candidate_path = pusher.saved_model_path(model_dir)
+    baseline_path = pusher.saved_model_path(baseline_model_dir) if baseline_model_dir else None
+    pattern = eval_file_pattern(examples_dir)
+    beam_args = list(beam_args) if beam_args else list(DEFAULT_BEAM_ARGS)
+    evaluation_dir = os.path.join(output_dir, EVALUATION_DIR)
+    tf.io.gfile.makedirs(evaluation_dir)
+    blessing_lib.clear_blessing(output_dir)  # a failed re-run must not leave the previous verdict behind
+
+    model_paths = {tfma_metrics.CANDIDATE: candidate_path}
+    if baseline_path:
+        model_paths[tfma_metrics.BASELINE] = baseline_path
+    inference = run_inference(pattern, model_paths, dataset, evaluation_dir, batch_size,
+                              float(config["data"].get("padding", 1.25)),
+                              gt_annotations if dataset == "mpii" else None, beam_args)
+    if inference["num_persons"] == 0:
+        raise ValueError(f"no evaluable record in {pattern} (skipped: {inference['skipped']})")
+
+    coco_options = {
+        "gt_annotations": gt_annotations if dataset == "coco" else None,
+        "rescore_threshold": float(eval_config_section["rescore_threshold"]),
+        "nms_threshold": float(eval_config_section["oks_nms_threshold"]),
+        "soft_nms": bool(eval_config_section["soft_nms"]),
+        "restrict_to_eval_images": bool(eval_config_section.get("restrict_to_eval_images", False)),
+    }
+    slice_by_size = bool(eval_config_section.get("slice_by_person_size", True)) and not coco_options["gt_annotations"]
+    eval_config = tfma_metrics.build_eval_config(dataset, thresholds, baseline_path is not None, coco_options,
+                                                 slice_by_person_size=slice_by_size)
+    tfma_result = run_tfma(inference["joined_pattern"], eval_config, os.path.join(evaluation_dir, "tfma"),
+                           baseline_path is not None, beam_args)
+
+    persons = read_joined(inference["joined_pattern"], schema.num_joints, list(model_paths))
+    direct = _direct_metrics(dataset, persons[tfma_metrics.CANDIDATE], coco_options)
+    baseline_direct = _direct_metrics(dataset, persons[tfma_metrics.BASELINE], coco_options) if baseline_path else None
+    overall = tfma_result["slices"].get("overall", {})
+    tfma_metrics_candidate = {name: overall.get(tfma_metrics.CANDIDATE, {}).get(name)
+                              for name in direct["metrics"]}
+    mismatch = {name: (tfma_metrics_candidate[name], value) for name, value in direct["metrics"].items()
+                if tfma_metrics_candidate[name] is None or abs(tfma_metrics_candidate[name] - value) > _TOLERANCE}
+
+    baseline_metrics = baseline_direct["metrics"] if baseline_direct else None
+    checks = blessing_lib.threshold_checks(direct["metrics"], thresholds, baseline_metrics)
+    reasons = [_format_check(row) for row in checks if not row["passed"]]
+    if inference["skipped"]:
+        reasons.append(f"{sum(inference['skipped'].values())} eval records could not be evaluated: {inference['skipped']}")
+    if mismatch:
+        reasons.append(f"TFMA metrics differ from the direct computation: {mismatch}")
+    if not tfma_result["validation_ok"] and not any(not row["passed"] for row in checks):
+        reasons.append(f"TFMA validation failed: {tfma_result['failures']}")
+    blessed = bool(tfma_result["validation_ok"]) and not inference["skipped"] and not mismatch
+    if blessed and reasons:  # TFMA passed but our row-by-row twin disagrees: do not bless on a contradiction
+        blessed = False
+        reasons.append("TFMA validation passed but the threshold checks did not")
+
+    if direct["results"] is not None:
+        with tf.io.gfile.GFile(os.path.join(evaluation_dir, "keypoint_results.json"), "w") as handle:
+            handle.write(json.dumps(direct["results"]))
+    record = {
+        "blessed": blessed,
+        "dataset": dataset,
+        "candidate": candidate_path,
+        "baseline": baseline_path,
+        "metrics": direct["metrics"],
+        "baseline_metrics": baseline_metrics,
+        "tfma_metrics": tfma_metrics_candidate,
+        "slices": tfma_result["slices"],
+        "thresholds": thresholds,
+        "change_thresholds_applied": baseline_path is not None,
+        "checks": checks,
+        "reasons": reasons,
+        "tfma_validation_ok": tfma_result["validation_ok"],
+        "tfma_failures": tfma_result["failures"],
+        "num_persons": inference["num_persons"],
+        "skipped": inference["skipped"],
+        "gt_annotations": gt_annotations,
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    with tf.io.gfile.GFile(os.path.join(evaluation_dir, "metrics.json"), "w") as handle:
+        handle.write(json.dumps({"metrics": direct["metrics"], "extra": direct["extra"],
+                                 "per_keypoint": direct["per_keypoint"], "slices": tfma_result["slices"],
+                                 "baseline_metrics": baseline_metrics}, indent=2, default=float))
+    try:
+        from components import report
+
+        record["report"] = report.write_report(
+            evaluation_dir, record, direct["per_keypoint"], pattern, persons[tfma_metrics.CANDIDATE], config,
+            num_overlays=int(eval_config_section.get("report_overlays", 6)))
+    except Exception as error:  # the report is informative only; the blessing must still be written
+        logger.exception("report failed")
+        record["report_error"] = f"{type(error).__name__}: {error}"
+    blessing_lib.write_blessing(output_dir, record)
+    return record

@@ -1,0 +1,211 @@
+"""Pusher: versioned, atomic copy of a blessed ``Format-Serving`` SavedModel.
+
+Layout of a push destination (local path or ``gs://``)::
+
+    <push_destination>/<version>/               the SavedModel (saved_model.pb, variables/, ...)
+    <push_destination>/<version>/push_record.json   what was pushed, from which run, which metrics
+    <push_destination>/<version>/PUSH_COMPLETE      commit marker, written last
+    <push_destination>/.staging-<version>-<id>/    in-flight copy (local destinations)
+
+Versions are positive integers (TF Serving's layout), each one greater than
+every version directory present, complete or not, so they only increase.
+
+Atomicity: a version counts as pushed only when ``PUSH_COMPLETE`` exists, and
+it is written after every other file. Locally the copy goes to a staging
+directory that is renamed to ``<version>`` only after the marker is in place
+(a rename is atomic on one filesystem, so TF Serving never sees a partial
+version). On ``gs://``, where directory renames are not atomic, files are
+copied into ``<version>/`` directly and the marker is the commit: readers
+(:func:`list_versions`, :func:`components.evaluator.resolve_baseline`) ignore
+versions without it.
+
+Only a ``BLESSED`` blessing pushes; an unblessed, missing or corrupt blessing
+pushes nothing and says why.
+
+CLI::
+
+    python -m components.pusher --model-dir <dir with Format-Serving> --blessing <dir> \
+        --destination <dir|gs://...> --run-id <id>
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from typing import Any, Dict, List, Mapping
+
+import tensorflow as tf
+
+from components.blessing import BlessingError, read_blessing
+from schemas.serving import SAVED_MODEL_DIR
+
+PUSH_RECORD = "push_record.json"
+COMMIT_MARKER = "PUSH_COMPLETE"
+STAGING_PREFIX = ".staging-"
+COPY_DELAY_ENV = "DARKPOSE_PUSH_COPY_DELAY_S"
+"""Test-only hook: seconds to sleep after each copied file (to interrupt a push mid-copy)."""
+
+logger = logging.getLogger(__name__)
+
+
+def saved_model_path(model_dir: str) -> str:
+    """``<model_dir>/Format-Serving`` if present, else ``model_dir`` if it is a SavedModel itself.
+
+    Raises:
+        FileNotFoundError: neither holds a ``saved_model.pb``.
+    """
+    for candidate in (os.path.join(model_dir, SAVED_MODEL_DIR), model_dir):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise FileNotFoundError(f"no SavedModel in {model_dir} (looked for {SAVED_MODEL_DIR}/saved_model.pb "
+                            "and saved_model.pb)")
+
+
+def _is_version(name: str) -> bool:
+    return name.isdigit() and int(name) > 0
+
+
+def list_versions(push_destination: str, complete_only: bool = True) -> List[int]:
+    """Sorted versions at ``push_destination`` (only committed ones unless ``complete_only=False``)."""
+    if not tf.io.gfile.isdir(push_destination):
+        return []
+    versions = []
+    for entry in tf.io.gfile.listdir(push_destination):
+        name = entry.rstrip("/")
+        if not _is_version(name):
+            continue
+        if complete_only and not tf.io.gfile.exists(os.path.join(push_destination, name, COMMIT_MARKER)):
+            continue
+        versions.append(int(name))
+    return sorted(versions)
+
+
+def read_push_record(push_destination: str, version: int) -> Dict[str, Any] | None:
+    """The push record of a committed version, or ``None`` when missing/unreadable/uncommitted."""
+    directory = os.path.join(push_destination, str(version))
+    if not tf.io.gfile.exists(os.path.join(directory, COMMIT_MARKER)):
+        return None
+    try:
+        with tf.io.gfile.GFile(os.path.join(directory, PUSH_RECORD), "r") as handle:
+            return json.loads(handle.read())
+    except (tf.errors.NotFoundError, ValueError):
+        return None
+
+
+def latest_blessed_version(push_destination: str) -> str | None:
+    """Directory of the newest committed version whose record says it was blessed, else ``None``."""
+    for version in reversed(list_versions(push_destination)):
+        record = read_push_record(push_destination, version)
+        if record and record.get("blessed") is True:
+            return os.path.join(push_destination, str(version))
+    return None
+
+
+def _next_version(push_destination: str) -> int:
+    existing = list_versions(push_destination, complete_only=False)
+    return (existing[-1] + 1) if existing else 1
+
+
+def _copy_tree(source: str, target: str, delay: float) -> List[str]:
+    """Copies ``source`` into ``target`` with tf.io.gfile; returns the relative file paths."""
+    copied = []
+    for directory, _, files in tf.io.gfile.walk(source):
+        relative = os.path.relpath(directory, source)
+        target_directory = target if relative == "." else os.path.join(target, relative)
+        tf.io.gfile.makedirs(target_directory)
+        for name in sorted(files):
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_directory, name), overwrite=True)
+            copied.append(name if relative == "." else os.path.join(relative, name))
+            if delay > 0:
+                time.sleep(delay)
+    return copied
+
+
+def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id: str,
+               metrics: Mapping[str, Any] | None = None) -> Dict[str, Any] | None:
+    """Pushes ``<model_dir>/Format-Serving`` to ``<push_destination>/<version>/`` if blessed.
+
+    Args:
+        model_dir: trainer output (holds ``Format-Serving``) or a SavedModel directory.
+        blessing_dir: the Evaluator's blessing directory.
+        push_destination: local directory or ``gs://`` prefix.
+        run_id: pipeline run id, kept in the push record ("" = a UTC timestamp id).
+        metrics: metrics to record; default the blessing's ``metrics``.
+
+    Returns:
+        The push record (``version``, ``path``, ``run_id``, ``metrics``, ``source``,
+        ``pushed_at``, ...) or ``None`` when nothing was pushed (not blessed, or
+        the blessing is missing or corrupt; the reason is logged).
+
+    Raises:
+        ValueError: non-string ``run_id``, empty ``push_destination``.
+        FileNotFoundError: blessed but ``model_dir`` holds no SavedModel.
+    """
+    if run_id is None or not isinstance(run_id, str):
+        raise ValueError(f"run_id must be a string, got {run_id!r}")
+    run_id = run_id or datetime.datetime.now(datetime.timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
+    if not push_destination:
+        raise ValueError(f"push_destination must be set, got {push_destination!r}")
+    try:
+        blessing = read_blessing(blessing_dir)
+    except BlessingError as error:
+        logger.error("not pushing: %s", error)
+        return None
+    if not blessing["blessed"]:
+        logger.warning("not pushing: model is NOT_BLESSED (%s)", "; ".join(blessing.get("reasons", [])) or "no reason")
+        return None
+    source = saved_model_path(model_dir)
+    delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
+    tf.io.gfile.makedirs(push_destination)
+    version = _next_version(push_destination)
+    final = os.path.join(push_destination, str(version))
+    local = "://" not in push_destination
+    target = os.path.join(push_destination, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}") if local else final
+    record = {
+        "version": version,
+        "path": final,
+        "run_id": run_id,
+        "source": source,
+        "blessed": True,
+        "blessing_dir": blessing_dir,
+        "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
+        "baseline": blessing.get("baseline"),
+        "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    record["files"] = _copy_tree(source, target, delay)
+    with tf.io.gfile.GFile(os.path.join(target, PUSH_RECORD), "w") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True, default=float))
+    with tf.io.gfile.GFile(os.path.join(target, COMMIT_MARKER), "w") as handle:
+        handle.write(record["pushed_at"])
+    if local:
+        if tf.io.gfile.exists(final):
+            raise FileExistsError(f"version {final} appeared during the push (concurrent pusher?); "
+                                  f"the staged copy stays at {target}")
+        os.rename(target, final)  # atomic on one filesystem: the version appears complete or not at all
+    logger.info("pushed %s -> %s", source, final)
+    return record
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--blessing", required=True, help="the Evaluator's blessing directory")
+    parser.add_argument("--destination", required=True, help="push destination (local dir or gs://)")
+    parser.add_argument("--run-id", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    record = run_pusher(args.model_dir, args.blessing, args.destination, args.run_id)
+    if record is None:
+        print("nothing pushed")
+        return 1
+    print(json.dumps({"version": record["version"], "path": record["path"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""CI model-blessing gate: evaluate a candidate (vs a baseline) and exit 0 / 1 / 2.
+
+Usage::
+
+    python -m pipeline.gate --candidate runs/123/model --eval-data runs/123/examples \
+        --config configs/coco/res50_256x192.yaml [--baseline <model>|auto --push-destination <dir>] \
+        [--gt-annotations person_keypoints_val2017.json] [--output-dir <blessing dir>]
+
+``--baseline auto`` resolves the latest blessed, completely pushed model at
+``--push-destination`` (none yet: change thresholds are skipped, value
+thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
+
+Prints a verdict table; exit status 0 = blessed, 1 = not blessed, 2 = error
+(bad arguments, missing model/data, failed evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from typing import List
+
+EXIT_BLESSED, EXIT_NOT_BLESSED, EXIT_ERROR = 0, 1, 2
+
+
+def verdict_table(blessing: dict) -> str:
+    """Readable verdict: one row per threshold check, then the verdict and reasons."""
+    lines = [f"{'metric':<10} {'check':<12} {'bound':>9} {'value':>9}  result"]
+    for check in blessing.get("checks", []):
+        value = "-" if check["value"] is None else f"{check['value']:9.4f}"
+        result = "SKIPPED (no baseline)" if check["skipped"] else ("PASS" if check["passed"] else "FAIL")
+        lines.append(f"{check['metric']:<10} {check['kind']:<12} {check['bound']:9.4f} {value:>9}  {result}")
+    if not blessing.get("checks"):
+        lines.append("(no thresholds configured)")
+    lines.append("")
+    metrics = blessing.get("metrics", {})
+    lines.append("metrics: " + ", ".join(f"{name}={value:.4f}" for name, value in metrics.items()))
+    lines.append(f"baseline: {blessing.get('baseline') or 'none'}")
+    lines.append(f"verdict: {'BLESSED' if blessing['blessed'] else 'NOT_BLESSED'}")
+    for reason in blessing.get("reasons", []):
+        lines.append(f"  - {reason}")
+    return "\n".join(lines)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a pose model and gate on its blessing.")
+    parser.add_argument("--candidate", required=True, help="model dir (with Format-Serving) or SavedModel dir")
+    parser.add_argument("--baseline", default=None, help="baseline model dir, or 'auto'")
+    parser.add_argument("--push-destination", default=None, help="where '--baseline auto' looks")
+    parser.add_argument("--eval-data", required=True, help="examples dir (Split-eval) or records dir/glob")
+    parser.add_argument("--config", required=True, help="experiment/eval config yaml")
+    parser.add_argument("--gt-annotations", default=None, help="COCO json or MPII gt_valid.mat")
+    parser.add_argument("--output-dir", default=None, help="blessing dir (default: a temporary dir)")
+    parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        from pose.config import load_config
+
+        config = load_config(args.config, small_run=args.small_run)  # before the heavy imports: fail fast
+        from components import evaluator, tfma_metrics
+
+        tfma_metrics.validate_thresholds(config["eval"]["thresholds"], config["dataset"])
+        baseline = args.baseline
+        if baseline == "auto":
+            if not args.push_destination:
+                raise ValueError("--baseline auto needs --push-destination")
+            baseline = evaluator.resolve_baseline(args.push_destination)
+        output_dir = args.output_dir or tempfile.mkdtemp(prefix="gate-")
+        blessing = evaluator.run_evaluator(args.candidate, args.eval_data, config, output_dir,
+                                           baseline_model_dir=baseline, gt_annotations=args.gt_annotations,
+                                           beam_args=beam_args or None)
+    except Exception as error:  # any failure is a gate error (exit 2), reported with its type
+        print(f"gate error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(verdict_table(blessing))
+    print(json.dumps({"blessed": blessing["blessed"], "output_dir": output_dir, "metrics": blessing["metrics"]}))
+    return EXIT_BLESSED if blessing["blessed"] else EXIT_NOT_BLESSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
