@@ -1,0 +1,242 @@
+"""Stacked Hourglass (Newell et al., ECCV 2016) as DarkPose trains it ("hourglass" models).
+
+The variant is the one of DarkPose's ``lib/models/hourglass.py`` (itself the
+bearpaw/pytorch-pose re-implementation of Newell's Torch model), with
+``NUM_FEATURES: 256, NUM_BLOCKS: 1`` and 4 or 8 stacks:
+
+* residual module: the pre-activation bottleneck ``BN-ReLU-1x1(F/2)``,
+  ``BN-ReLU-3x3(F/2)``, ``BN-ReLU-1x1(F)`` (convs with bias) plus the input, or a
+  ``1x1`` conv (with bias) of it when the channel count changes;
+* stem: ``7x7`` stride-2 conv (64, bias) + BN + ReLU, residual 64 -> 128,
+  ``2x2`` max-pool, residual 128 -> 256, residual 256 -> 256 (output stride 4);
+* hourglass (depth 4): ``out = up1(x) + upsample(low3(hourglass_{n-1}(low1(pool(x)))))``
+  with one residual module in each of ``up1``, ``low1``, ``low3`` at every
+  level and one more at the bottom (13 per hourglass), all 256 features;
+* after each hourglass: a residual module, ``1x1`` conv + BN + ReLU, and a
+  ``1x1`` conv to ``K`` heatmaps. Every stack but the last feeds
+  ``x + conv1x1(features) + conv1x1(heatmaps)`` to the next one.
+
+Every stack's heatmaps are outputs (intermediate supervision: the trainer sums
+the loss over the list); the last element is the prediction.
+
+Parameter counts at 17 joints (tested, trainable, like PyTorch's count):
+4 stacks 13.02M, 8 stacks 25.60M, against the 13.0M / 25.1M the DarkPose
+README lists (0.2% / 2.0% off; the README figure for 8 stacks is the less
+exact of the two: its per-stack increment of 3.03M is below the 3.14M this
+architecture has per stack). Multiply-adds at 128x96: 2.883e9 / 5.276e9, i.e.
+2.69 / 4.91 "GFLOPs" in the README's unit of 1024**3, against the published
+2.7 / 4.9 (see :mod:`trainer.flops`).
+
+Unlike the reference, which hard-codes the innermost upsample to ``[4, 3]`` (so
+it only fits one input size), pooling here rounds up ("same" padding) and each
+upsampled tensor is cropped to the static shape of the skip branch it is added
+to. For even sizes this is exactly the reference's pool/upsample; odd sizes
+(e.g. the 4x3 innermost level at 128x96 input) keep their last row/column
+instead of failing, so every input size divisible by 4 works.
+
+``config["model"]`` keys (all optional except ``name``):
+
+=================  ========  ===================================================
+key                default   meaning
+=================  ========  ===================================================
+num_stacks         4         stacked hourglasses (4 and 8 published)
+num_blocks         1         residual modules per hourglass position
+num_features       256       feature channels F (even)
+depth              4         poolings inside each hourglass
+sync_batchnorm     false     synchronise BN statistics across replicas
+=================  ========  ===================================================
+
+Example:
+
+    config = pose.config.build_config({"model": {"name": "hourglass", "num_stacks": 4},
+                                       "data": {"input_size": [128, 96]}})
+    model = build(config)            # input (B, 128, 96, 3) RGB 0..255
+    outputs = model(images)          # list of 4 tensors (B, 32, 24, 17); outputs[-1] is the prediction
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import keras
+from keras import layers
+
+from schemas.keypoints import get_schema
+
+# ImageNet statistics of RGB images in 0..1 (same input normalisation as the other models).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MODEL_KEYS = {
+    "name": "hourglass",
+    "num_stacks": 4,
+    "num_blocks": 1,
+    "num_features": 256,
+    "depth": 4,
+    "sync_batchnorm": False,
+}
+
+STEM_FILTERS = 64
+OUTPUT_STRIDE = 4
+
+# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here).
+_BN_EPSILON = 1e-5
+_BN_MOMENTUM = 0.9
+
+
+def _conv(filters: int, kernel_size: int, name: str, **kwargs) -> layers.Conv2D:
+    """Conv with bias and PyTorch's default initialisation (the reference never re-initialises).
+
+    PyTorch's ``kaiming_uniform_(a=sqrt(5))`` is U(+-1/sqrt(fan_in)), i.e. variance
+    ``1 / (3 fan_in)``; Keras' default Glorot init is ~3-6x larger for these convs
+    and starts training with a ~4x larger loss (measured on real crops at 128x96).
+    """
+    return layers.Conv2D(filters, kernel_size, padding="same", name=name,
+                         kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+                         **kwargs)
+
+
+def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Returns ``config["model"]`` merged over :data:`MODEL_KEYS`, validated.
+
+    Raises:
+        ValueError: unknown key or invalid value (the key is named).
+    """
+    model_config = dict(config["model"])
+    unknown = sorted(set(model_config) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model keys {unknown} for hourglass; expected a subset of {sorted(MODEL_KEYS)}")
+    options = {**MODEL_KEYS, **model_config}
+    for key in ("num_stacks", "num_blocks", "depth"):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+    features = options["num_features"]
+    if isinstance(features, bool) or not isinstance(features, int) or features < 2 or features % 2:
+        raise ValueError(f"model.num_features must be an even integer >= 2, got {features!r}")
+    if not isinstance(options["sync_batchnorm"], bool):
+        raise ValueError(f"model.sync_batchnorm must be true or false, got {options['sync_batchnorm']!r}")
+    return options
+
+
+def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
+    kwargs = {"synchronized": True} if synchronized else {}
+    return layers.BatchNormalization(axis=-1, epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=name, **kwargs)
+
+
+def residual(x, filters: int, name: str, synchronized: bool = False):
+    """Pre-activation bottleneck residual module. (B, H, W, C) -> (B, H, W, filters).
+
+    ``BN-ReLU-conv1x1(filters/2)``, ``BN-ReLU-conv3x3(filters/2)``,
+    ``BN-ReLU-conv1x1(filters)``, added to ``x`` (or to a 1x1 conv of ``x`` when
+    ``C != filters``). No activation after the addition.
+    """
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = _conv(filters, 1, name + "_shortcut_conv")(x)
+    y = x
+    for index, (width, kernel) in enumerate(((filters // 2, 1), (filters // 2, 3), (filters, 1))):
+        y = _batch_norm(f"{name}_bn{index + 1}", synchronized)(y)
+        y = layers.Activation("relu", name=f"{name}_relu{index + 1}")(y)
+        y = _conv(width, kernel, f"{name}_conv{index + 1}")(y)
+    return layers.Add(name=name + "_add")([shortcut, y])
+
+
+def residual_sequence(x, filters: int, num_blocks: int, name: str, synchronized: bool = False):
+    """``num_blocks`` residual modules. (B, H, W, C) -> (B, H, W, filters)."""
+    for block in range(num_blocks):
+        x = residual(x, filters, f"{name}_res{block + 1}", synchronized)
+    return x
+
+
+def upsample_to(x, reference, name: str):
+    """Nearest 2x upsampling, cropped to ``reference``'s static (H, W). (B, h, w, C) -> (B, H_ref, W_ref, C)."""
+    x = layers.UpSampling2D(2, interpolation="nearest", name=name + "_upsample")(x)
+    height, width = x.shape[1], x.shape[2]
+    target_height, target_width = reference.shape[1], reference.shape[2]
+    if height < target_height or width < target_width:
+        raise ValueError(f"{name}: upsampled size {(height, width)} is smaller than {(target_height, target_width)}")
+    if (height, width) != (target_height, target_width):
+        x = layers.Cropping2D(((0, height - target_height), (0, width - target_width)), name=name + "_crop")(x)
+    return x
+
+
+def hourglass(x, depth: int, num_blocks: int, name: str, synchronized: bool = False):
+    """One hourglass of ``depth`` poolings. (B, H, W, F) -> (B, H, W, F).
+
+    Level ``n`` (``depth`` outermost): ``up1 = res(x)``; ``low1 = res(pool(x))``;
+    ``low2`` = level ``n - 1`` of ``low1`` (or one more ``res`` at ``n == 1``);
+    ``low3 = res(low2)``; output ``up1 + upsample(low3)``.
+    """
+    filters = x.shape[-1]
+    level = f"{name}_level{depth}"
+    up1 = residual_sequence(x, filters, num_blocks, level + "_up1", synchronized)
+    low1 = layers.MaxPooling2D(2, strides=2, padding="same", name=level + "_pool")(x)
+    low1 = residual_sequence(low1, filters, num_blocks, level + "_low1", synchronized)
+    if depth > 1:
+        low2 = hourglass(low1, depth - 1, num_blocks, name, synchronized)
+    else:
+        low2 = residual_sequence(low1, filters, num_blocks, level + "_low2", synchronized)
+    low3 = residual_sequence(low2, filters, num_blocks, level + "_low3", synchronized)
+    up2 = upsample_to(low3, up1, level)
+    return layers.Add(name=level + "_add")([up1, up2])
+
+
+def stem(x, features: int, synchronized: bool = False):
+    """7x7/2 conv, residual, max-pool, two residuals. (B, H, W, 3) -> (B, H/4, W/4, features)."""
+    x = _conv(STEM_FILTERS, 7, "stem_conv", strides=2)(x)
+    x = _batch_norm("stem_bn", synchronized)(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    x = residual(x, 2 * STEM_FILTERS, "stem_res1", synchronized)
+    x = layers.MaxPooling2D(2, strides=2, padding="same", name="stem_pool")(x)
+    x = residual(x, features, "stem_res2", synchronized)
+    return residual(x, features, "stem_res3", synchronized)
+
+
+def build(config: Mapping[str, Any]) -> keras.Model:
+    """Builds the stacked hourglass from an experiment config (see module docstring).
+
+    Args:
+        config: loaded config; uses ``model``, ``dataset`` and ``data.input_size``/``data.heatmap_size``.
+
+    Returns:
+        ``keras.Model``: input ``(B, H_in, W_in, 3)`` float32 RGB 0..255; outputs a
+        list of ``num_stacks`` float32 heatmap tensors ``(B, H_in/4, W_in/4, K)``
+        (channels-last), one per stack; the last is the prediction.
+
+    Raises:
+        ValueError: invalid ``model`` keys, or ``data.heatmap_size`` is not ``data.input_size / 4``.
+    """
+    options = model_options(config)
+    input_height, input_width = (int(v) for v in config["data"]["input_size"])
+    heatmap_size = tuple(int(v) for v in config["data"]["heatmap_size"])
+    expected = (-(-input_height // OUTPUT_STRIDE), -(-input_width // OUTPUT_STRIDE))
+    if expected != heatmap_size:
+        raise ValueError(f"data.heatmap_size {list(heatmap_size)} does not match the hourglass output "
+                         f"{list(expected)} (input {input_height}x{input_width}, output stride {OUTPUT_STRIDE}); "
+                         f"use data.heatmap_stride={OUTPUT_STRIDE}")
+    num_joints = get_schema(config["dataset"]).num_joints
+    synchronized = options["sync_batchnorm"]
+    features = options["num_features"]
+    num_stacks = options["num_stacks"]
+
+    inputs = keras.Input((input_height, input_width, 3), name="image")
+    x = layers.Normalization(
+        mean=[255.0 * m for m in IMAGENET_MEAN], variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
+        name="normalize")(inputs)
+    x = stem(x, features, synchronized)
+    outputs = []
+    for stack in range(num_stacks):
+        name = f"stack{stack + 1}"
+        y = hourglass(x, options["depth"], options["num_blocks"], name + "_hourglass", synchronized)
+        y = residual_sequence(y, features, options["num_blocks"], name + "_post", synchronized)
+        y = _conv(features, 1, name + "_features_conv")(y)
+        y = _batch_norm(name + "_features_bn", synchronized)(y)
+        y = layers.Activation("relu", name=name + "_features_relu")(y)
+        # float32 heatmaps even under a mixed-precision policy (stable loss and decoding).
+        heatmaps = _conv(num_joints, 1, name + "_heatmaps", dtype="float32")(y)
+        outputs.append(heatmaps)
+        if stack < num_stacks - 1:
+            remap_features = _conv(features, 1, name + "_remap_features")(y)
+            remap_heatmaps = _conv(features, 1, name + "_remap_heatmaps")(heatmaps)
+            x = layers.Add(name=name + "_merge")([x, remap_features, remap_heatmaps])
+    return keras.Model(inputs, outputs, name=f"hourglass{num_stacks}")
