@@ -78,17 +78,18 @@ def _gather_patch(flat: tf.Tensor, px: tf.Tensor, py: tf.Tensor, radius: int,
     """Gathers (B, K, P, P) patches, P = 2 * radius + 1, centred on (px, py), zero outside the map.
 
     ``flat`` is the heatmap batch flattened in its native (B, H, W, K) order, so
-    no transpose of the whole batch is needed.
+    no transpose of the whole batch is needed. Work on the (B, K, P, P) patch is
+    kept to a handful of ops: one add for the indices, one gather, one mask.
     """
-    joints = tf.shape(px)[1]
+    shape = tf.shape(px)
+    joints = shape[1]
     offsets = tf.range(-radius, radius + 1)
-    rows = py[..., None, None] + offsets[:, None]          # (B, K, P, 1)
-    cols = px[..., None, None] + offsets[None, :]          # (B, K, 1, P)
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    batch = tf.range(tf.shape(px)[0])[:, None, None, None]
-    joint = tf.range(joints)[None, :, None, None]
-    position = tf.clip_by_value(rows, 0, height - 1) * width + tf.clip_by_value(cols, 0, width - 1)
-    index = (batch * (height * width) + position) * joints + joint
+    row_ok = (py[..., None] + offsets >= 0) & (py[..., None] + offsets < height)      # (B, K, P)
+    col_ok = (px[..., None] + offsets >= 0) & (px[..., None] + offsets < width)       # (B, K, P)
+    inside = row_ok[..., :, None] & col_ok[..., None, :]
+    base = ((tf.range(shape[0])[:, None] * height + py) * width + px) * joints + tf.range(joints)[None, :]
+    patch_offsets = (offsets[:, None] * width + offsets[None, :]) * joints                # (P, P)
+    index = tf.clip_by_value(base[..., None, None] + patch_offsets, 0, tf.size(flat) - 1)
     values = tf.gather(flat, index)
     return tf.where(inside, values, tf.zeros_like(values))
 

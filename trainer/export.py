@@ -69,12 +69,17 @@ class PoseServingModule(tf.Module):
         self.predict_image = tf.function(
             self._predict_image, input_signature=[tf.TensorSpec([], tf.string, name="image"),
                                                   tf.TensorSpec([None, 4], tf.float32, name="boxes")])
-        self.heatmaps = tf.function(
-            self._heatmaps, input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+        crops_spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
+        # The network is traced once, here; the three signatures call this one function.
+        self._model_function = tf.function(self._run_model, input_signature=[crops_spec])
+        self.heatmaps = tf.function(self._heatmaps, input_signature=[crops_spec])
 
     # -- building blocks ------------------------------------------------------
     def run_model(self, images: tf.Tensor) -> tf.Tensor:
         """(B, H_in, W_in, 3) -> (B, H_hm, W_hm, K) float32 prediction; an empty batch gives an empty result."""
+        return self._model_function(images)
+
+    def _run_model(self, images: tf.Tensor) -> tf.Tensor:
         height, width = self._codec.heatmap_size
         return tf.cond(tf.shape(images)[0] > 0,
                        lambda: _prediction(self.model(images, training=False)),
