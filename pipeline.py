@@ -1,0 +1,19 @@
+"""darkpose-tf pipeline: run it locally (kfp.local) or compile it for Kubeflow / Vertex AI.
+
+    python pipeline.py --runner=DirectRunner                     # embedded demo (make demo)
+    python pipeline.py --runner=DirectRunner --data coco --coco-root <dir> --config configs/coco/w32_256x192.yaml
+    python pipeline.py --compile pipeline.yaml --image <registry>/darkpose-tf-python:<tag>
+
+Unknown flags are Beam flags, passed unchanged to the Beam steps. See
+``docs/pipeline.md`` and ``python pipeline.py --help``.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipeline.local_runner import main  # noqa: E402  (after the path set-up)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Plain constants of the pipeline: names, default paths, image, gate thresholds.
+
+Importing this module does nothing else (no I/O, no auth). The runner
+(``pipeline.py``) and the compile step read these values and pass them as
+arguments to :func:`pipeline.pipeline.create_pipeline`.
+"""
+PIPELINE_NAME = "darkpose-tf"
+PIPELINE_DESCRIPTION = (
+    "Top-down 2D human pose estimation with DARK: ExampleGen (Beam) -> Trainer -> "
+    "Evaluator (baseline = latest blessed model) -> Pusher when blessed."
+)
+
+# Component image for Kubeflow / Vertex AI (built from the repository's Dockerfile).
+# Override with `python pipeline.py --compile pipeline.yaml --image <registry>/<name>:<tag>`.
+PIPELINE_IMAGE = "us-docker.pkg.dev/YOUR_PROJECT/darkpose/darkpose-tf-python:0.1.0"
+
+# Local runs (python pipeline.py --runner=DirectRunner).
+RUNS_DIR = "runs"                     # one sub-directory per run: runs/<timestamp>/
+SERVING_SUBDIR = "serving"            # push destination shared across runs: runs/serving/
+SYNTHETIC_SUBDIR = "datasets"         # cache of the embedded dataset: runs/datasets/synthetic-.../
+DEMO_CONFIG = "configs/demo.yaml"
+COCO_CONFIG = "configs/coco/w32_256x192.yaml"
+MPII_CONFIG = "configs/mpii/w32_256x256.yaml"
+
+# Beam flags added to a local run when the command line does not give them:
+# the DirectRunner's default Prism mode is not usable everywhere, in_memory is.
+LOCAL_BEAM_DEFAULTS = ("--direct_running_mode=in_memory",)
+
+# Embedded synthetic dataset (pipeline/synthetic.py) used with no --data.
+SYNTHETIC_TRAIN_IMAGES = 720
+SYNTHETIC_VAL_IMAGES = 80
+SYNTHETIC_SEED = 0
+# Evaluate the demo on the detector-like boxes (True) or on the ground-truth boxes.
+SYNTHETIC_USE_DETECTIONS = True
+
+# Blessing gates, used when the experiment config has no eval.thresholds of its own.
+# Value thresholds: {metric: {"lower_bound": x}}; change thresholds against the
+# latest blessed (pushed) model: {metric: {"max_drop": y}} (absolute drop).
+DEMO_THRESHOLDS = {
+    "AP": {"lower_bound": 0.8, "max_drop": 0.03},
+}
+COCO_THRESHOLDS = {
+    "AP": {"lower_bound": 0.70, "max_drop": 0.005},
+    "AP50": {"lower_bound": 0.88},
+}
+MPII_THRESHOLDS = {
+    "PCKh@0.5": {"lower_bound": 0.88, "max_drop": 0.005},
+}
+
+# Exit codes of python pipeline.py.
+EXIT_BLESSED = 0
+EXIT_NOT_BLESSED = 1
+EXIT_FAILED = 2
