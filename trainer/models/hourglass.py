@@ -61,10 +61,9 @@ import keras
 from keras import layers
 
 from schemas.keypoints import get_schema
+from trainer.models.common import batch_norm, merge_options, normalized_input, stride_heatmap_size
 
 # ImageNet statistics of RGB images in 0..1 (same input normalisation as the other models).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODEL_KEYS = {
     "name": "hourglass",
@@ -78,9 +77,6 @@ MODEL_KEYS = {
 STEM_FILTERS = 64
 OUTPUT_STRIDE = 4
 
-# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here).
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 
 
 def _conv(filters: int, kernel_size: int, name: str, **kwargs) -> layers.Conv2D:
@@ -101,11 +97,7 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     Raises:
         ValueError: unknown key or invalid value (the key is named).
     """
-    model_config = dict(config["model"])
-    unknown = sorted(set(model_config) - set(MODEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown model keys {unknown} for hourglass; expected a subset of {sorted(MODEL_KEYS)}")
-    options = {**MODEL_KEYS, **model_config}
+    options = merge_options(config, MODEL_KEYS, "hourglass")
     for key in ("num_stacks", "num_blocks", "depth"):
         value = options[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -113,14 +105,7 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     features = options["num_features"]
     if isinstance(features, bool) or not isinstance(features, int) or features < 2 or features % 2:
         raise ValueError(f"model.num_features must be an even integer >= 2, got {features!r}")
-    if not isinstance(options["sync_batchnorm"], bool):
-        raise ValueError(f"model.sync_batchnorm must be true or false, got {options['sync_batchnorm']!r}")
     return options
-
-
-def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
-    kwargs = {"synchronized": True} if synchronized else {}
-    return layers.BatchNormalization(axis=-1, epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=name, **kwargs)
 
 
 def residual(x, filters: int, name: str, synchronized: bool = False):
@@ -135,7 +120,7 @@ def residual(x, filters: int, name: str, synchronized: bool = False):
         shortcut = _conv(filters, 1, name + "_shortcut_conv")(x)
     y = x
     for index, (width, kernel) in enumerate(((filters // 2, 1), (filters // 2, 3), (filters, 1))):
-        y = _batch_norm(f"{name}_bn{index + 1}", synchronized)(y)
+        y = batch_norm(f"{name}_bn{index + 1}", synchronized)(y)
         y = layers.Activation("relu", name=f"{name}_relu{index + 1}")(y)
         y = _conv(width, kernel, f"{name}_conv{index + 1}")(y)
     return layers.Add(name=name + "_add")([shortcut, y])
@@ -184,7 +169,7 @@ def hourglass(x, depth: int, num_blocks: int, name: str, synchronized: bool = Fa
 def stem(x, features: int, synchronized: bool = False):
     """7x7/2 conv, residual, max-pool, two residuals. (B, H, W, 3) -> (B, H/4, W/4, features)."""
     x = _conv(STEM_FILTERS, 7, "stem_conv", strides=2)(x)
-    x = _batch_norm("stem_bn", synchronized)(x)
+    x = batch_norm("stem_bn", synchronized)(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     x = residual(x, 2 * STEM_FILTERS, "stem_res1", synchronized)
     x = layers.MaxPooling2D(2, strides=2, padding="same", name="stem_pool")(x)
@@ -207,22 +192,13 @@ def build(config: Mapping[str, Any]) -> keras.Model:
         ValueError: invalid ``model`` keys, or ``data.heatmap_size`` is not ``data.input_size / 4``.
     """
     options = model_options(config)
-    input_height, input_width = (int(v) for v in config["data"]["input_size"])
-    heatmap_size = tuple(int(v) for v in config["data"]["heatmap_size"])
-    expected = (-(-input_height // OUTPUT_STRIDE), -(-input_width // OUTPUT_STRIDE))
-    if expected != heatmap_size:
-        raise ValueError(f"data.heatmap_size {list(heatmap_size)} does not match the hourglass output "
-                         f"{list(expected)} (input {input_height}x{input_width}, output stride {OUTPUT_STRIDE}); "
-                         f"use data.heatmap_stride={OUTPUT_STRIDE}")
+    input_height, input_width = stride_heatmap_size(config, OUTPUT_STRIDE, "hourglass")
     num_joints = get_schema(config["dataset"]).num_joints
     synchronized = options["sync_batchnorm"]
     features = options["num_features"]
     num_stacks = options["num_stacks"]
 
-    inputs = keras.Input((input_height, input_width, 3), name="image")
-    x = layers.Normalization(
-        mean=[255.0 * m for m in IMAGENET_MEAN], variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
-        name="normalize")(inputs)
+    inputs, x = normalized_input(input_height, input_width)
     x = stem(x, features, synchronized)
     outputs = []
     for stack in range(num_stacks):
@@ -230,7 +206,7 @@ def build(config: Mapping[str, Any]) -> keras.Model:
         y = hourglass(x, options["depth"], options["num_blocks"], name + "_hourglass", synchronized)
         y = residual_sequence(y, features, options["num_blocks"], name + "_post", synchronized)
         y = _conv(features, 1, name + "_features_conv")(y)
-        y = _batch_norm(name + "_features_bn", synchronized)(y)
+        y = batch_norm(name + "_features_bn", synchronized)(y)
         y = layers.Activation("relu", name=name + "_features_relu")(y)
         # float32 heatmaps even under a mixed-precision policy (stable loss and decoding).
         heatmaps = _conv(num_joints, 1, name + "_heatmaps", dtype="float32")(y)

@@ -52,10 +52,9 @@ import keras
 from keras import layers
 
 from schemas.keypoints import get_schema
+from trainer.models.common import batch_norm, merge_options, normalized_input, stride_heatmap_size
 
 # ImageNet statistics of RGB images in 0..1 (the published weights' pre-training).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODEL_KEYS = {
     "name": "hrnet",
@@ -71,9 +70,6 @@ BLOCKS_PER_BRANCH = 4
 STAGE_MODULES = {2: 1, 3: 4, 4: 3}
 OUTPUT_STRIDE = 4
 
-# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here).
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 # The reference initialises every conv with N(0, 0.001).
 _KERNEL_INIT_STDDEV = 0.001
 
@@ -84,16 +80,10 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     Raises:
         ValueError: unknown key or invalid value (the key is named).
     """
-    model_config = dict(config["model"])
-    unknown = sorted(set(model_config) - set(MODEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown model keys {unknown} for hrnet; expected a subset of {sorted(MODEL_KEYS)}")
-    options = {**MODEL_KEYS, **model_config}
+    options = merge_options(config, MODEL_KEYS, "hrnet")
     width = options["width"]
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"model.width must be a positive integer (32 or 48 published), got {width!r}")
-    if not isinstance(options["sync_batchnorm"], bool):
-        raise ValueError(f"model.sync_batchnorm must be true or false, got {options['sync_batchnorm']!r}")
     return options
 
 
@@ -101,16 +91,11 @@ def _kernel_initializer():
     return keras.initializers.RandomNormal(stddev=_KERNEL_INIT_STDDEV)
 
 
-def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
-    kwargs = {"synchronized": True} if synchronized else {}
-    return layers.BatchNormalization(axis=-1, epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=name, **kwargs)
-
-
 def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchronized: bool, relu: bool = True):
     """Conv ("same" padding, no bias) + BN (+ ReLU). (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), filters)."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                       kernel_initializer=_kernel_initializer(), name=name + "_conv")(x)
-    x = _batch_norm(name + "_bn", synchronized)(x)
+    x = batch_norm(name + "_bn", synchronized)(x)
     if relu:
         x = layers.Activation("relu", name=name + "_relu")(x)
     return x
@@ -255,20 +240,11 @@ def build(config: Mapping[str, Any]) -> keras.Model:
         ValueError: invalid ``model`` keys, or ``data.heatmap_size`` is not ``data.input_size / 4``.
     """
     options = model_options(config)
-    input_height, input_width = (int(v) for v in config["data"]["input_size"])
-    heatmap_size = tuple(int(v) for v in config["data"]["heatmap_size"])
-    expected = (-(-input_height // OUTPUT_STRIDE), -(-input_width // OUTPUT_STRIDE))
-    if expected != heatmap_size:
-        raise ValueError(f"data.heatmap_size {list(heatmap_size)} does not match the hrnet output {list(expected)} "
-                         f"(input {input_height}x{input_width}, output stride {OUTPUT_STRIDE}); "
-                         f"use data.heatmap_stride={OUTPUT_STRIDE}")
+    input_height, input_width = stride_heatmap_size(config, OUTPUT_STRIDE, "hrnet")
     num_joints = get_schema(config["dataset"]).num_joints
     synchronized = options["sync_batchnorm"]
 
-    inputs = keras.Input((input_height, input_width, 3), name="image")
-    x = layers.Normalization(
-        mean=[255.0 * m for m in IMAGENET_MEAN], variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
-        name="normalize")(inputs)
+    inputs, x = normalized_input(input_height, input_width)
     x = hrnet_backbone(x, options["width"], synchronized)
     # float32 output even under a mixed-precision policy (stable loss and decoding).
     outputs = layers.Conv2D(num_joints, 1, padding="same", kernel_initializer=_kernel_initializer(),

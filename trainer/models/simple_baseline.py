@@ -45,10 +45,9 @@ import keras
 from keras import layers
 
 from schemas.keypoints import get_schema
+from trainer.models.common import batch_norm, merge_options, normalized_input
 
 # ImageNet statistics of RGB images in 0..1 (the backbones' pre-training).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # depth -> (block kind, blocks per stage)
 STAGES: Dict[int, tuple] = {
@@ -71,9 +70,6 @@ MODEL_KEYS = {
     "sync_batchnorm": False,
 }
 
-# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here).
-_BN_EPSILON = 1e-5
-_BN_MOMENTUM = 0.9
 # Initialisation of the references: He (fan-out) for the backbone convolutions,
 # N(0, 0.001) for the deconvolutions and the final layer (small initial heatmaps).
 _HEAD_INIT_STDDEV = 0.001
@@ -85,11 +81,7 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     Raises:
         ValueError: unknown key or invalid value (the key is named).
     """
-    model_config = dict(config["model"])
-    unknown = sorted(set(model_config) - set(MODEL_KEYS))
-    if unknown:
-        raise ValueError(f"unknown model keys {unknown} for simplebaseline; expected a subset of {sorted(MODEL_KEYS)}")
-    options = {**MODEL_KEYS, **model_config}
+    options = merge_options(config, MODEL_KEYS, "simplebaseline")
     if options["depth"] not in STAGES:
         raise ValueError(f"model.depth must be one of {sorted(STAGES)}, got {options['depth']!r}")
     filters = options["deconv_filters"]
@@ -102,14 +94,7 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"model.deconv_kernel must be 2, 3 or 4, got {options['deconv_kernel']!r}")
     if options["final_kernel"] not in (1, 3):
         raise ValueError(f"model.final_kernel must be 1 or 3, got {options['final_kernel']!r}")
-    if not isinstance(options["sync_batchnorm"], bool):
-        raise ValueError(f"model.sync_batchnorm must be true or false, got {options['sync_batchnorm']!r}")
     return options
-
-
-def _batch_norm(name: str, synchronized: bool) -> layers.Layer:
-    kwargs = {"synchronized": True} if synchronized else {}
-    return layers.BatchNormalization(axis=-1, epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=name, **kwargs)
 
 
 def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchronized: bool, relu: bool = True):
@@ -124,7 +109,7 @@ def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchro
         x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
                           kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
                           name=name + "_conv")(x)
-    x = _batch_norm(name + "_bn", synchronized)(x)
+    x = batch_norm(name + "_bn", synchronized)(x)
     if relu:
         x = layers.Activation("relu", name=name + "_relu")(x)
     return x
@@ -177,7 +162,7 @@ def deconv_head(x, deconv_filters: Sequence[int], kernel_size: int, num_joints: 
         x = layers.Conv2DTranspose(filters, kernel_size, strides=2, padding="same", use_bias=False,
                                    kernel_initializer=keras.initializers.RandomNormal(stddev=_HEAD_INIT_STDDEV),
                                    name=name + "_conv")(x)
-        x = _batch_norm(name + "_bn", synchronized)(x)
+        x = batch_norm(name + "_bn", synchronized)(x)
         x = layers.Activation("relu", name=name + "_relu")(x)
     # float32 output even under a mixed-precision policy (stable loss and decoding).
     return layers.Conv2D(num_joints, final_kernel, padding="same", name="final_conv", dtype="float32",
@@ -214,10 +199,7 @@ def build(config: Mapping[str, Any]) -> keras.Model:
     num_joints = get_schema(config["dataset"]).num_joints
     synchronized = options["sync_batchnorm"]
 
-    inputs = keras.Input((input_height, input_width, 3), name="image")
-    x = layers.Normalization(
-        mean=[255.0 * m for m in IMAGENET_MEAN], variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
-        name="normalize")(inputs)
+    inputs, x = normalized_input(input_height, input_width)
     x = resnet_backbone(x, options["depth"], options["backbone_stages"], synchronized)
     outputs = deconv_head(x, options["deconv_filters"], options["deconv_kernel"], num_joints,
                           options["final_kernel"], synchronized)
