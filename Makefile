@@ -26,8 +26,13 @@ demo: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+# Every benchmark but bench/demo.py (two full demo runs); each ends with one JSON line.
 bench: install
 	$(PY) bench/codec.py
+	$(PY) bench/ingest.py
+	$(PY) bench/train.py
+	$(PY) bench/evaluator.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

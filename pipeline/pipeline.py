@@ -51,7 +51,7 @@ def create_pipeline(
         beam_args: Beam pipeline flags passed unchanged to ExampleGen and Evaluator.
         push_destination: where blessed models are pushed; the latest blessed
             model there is the evaluator's baseline.
-        run_id: the pushed version's name ("" = the pusher's timestamp).
+        run_id: the run's id, recorded in the push record ("" = a UTC timestamp); versions are integers.
         max_steps: caps training steps (0 = the config's schedule).
         description: pipeline description.
         trainer_accelerator_type: accelerator of the Trainer step on Kubeflow /

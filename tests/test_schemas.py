@@ -56,7 +56,7 @@ def test_record_round_trip_through_tf_parsing():
     assert parsed["image/encoded"][0].numpy() == record["image/encoded"]
     decoded = features.decode_heatmaps_tf(parsed["heatmaps/encoded"], (16, 12), 17).numpy()
     assert decoded.shape == (2, 16, 12, 17)
-    np.testing.assert_allclose(decoded[0], heatmaps, atol=1e-3)  # float16 storage
+    np.testing.assert_allclose(decoded[0], heatmaps, atol=1e-3)  # 16-bit fixed-point storage
     np.testing.assert_array_equal(decoded[0], features.decode_heatmaps(
         features.encode_heatmaps(heatmaps), (16, 12), 17))
 
