@@ -14,6 +14,10 @@ TINY = {
     "dataset": "coco",
     "model": {"name": "simplebaseline", "depth": 18, "backbone_stages": 3, "deconv_filters": [64, 64]},
     "data": {"input_size": [64, 48], "heatmap_stride": 4},
+    # A 2-step model's heatmaps are nearly flat; there DARK's Taylor step (as in the
+    # reference) may land far outside the map, which made the image-frame check below
+    # flaky. Quarter-pixel decoding stays on the map, so the check tests the mapping.
+    "codec": {"decoding": "standard"},
     "train": {"batch_size": 4, "epochs": 1, "max_steps": 2},
     "eval": {"batch_size": 16, "thresholds": {"AP": {"lower_bound": 0.0}}},
 }
