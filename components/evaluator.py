@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from components import blessing as blessing_lib
 from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
+from schemas import examples as examples_layout
 from schemas import features as record_features
 from schemas import serving
 from schemas.keypoints import get_schema
@@ -62,7 +63,7 @@ def eval_file_pattern(examples_dir: str) -> str:
     Raises:
         FileNotFoundError: the pattern matches no file.
     """
-    split = os.path.join(examples_dir, "Split-eval")
+    split = examples_layout.split_dir(examples_dir, "eval")
     if tf.io.gfile.isdir(split):
         pattern = os.path.join(split, "*")
     elif tf.io.gfile.isdir(examples_dir):

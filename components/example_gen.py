@@ -46,25 +46,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from components import ingest_core as core
+from schemas import examples as examples_layout
 
 RECORDS_PER_SHARD = 1000
 """Shard size target when ``data.num_shards`` is None (about 30 MB at 256x192)."""
 GZIP_LEVEL = 1
 """zlib level of the TFRecords: level 6 is ~4x slower for ~15 % fewer bytes (bench/ingest.py)."""
-MANIFEST = "manifest.json"
 DEAD_LETTER = "dead_letter.jsonl"
 STATS_FILE = "_stats.json"
 TASKS_FILE = "_image_tasks.jsonl"
 COUNTER_NAMESPACE = "example_gen"
-FILE_PATTERN = "data_tfrecord-{shard:05d}-of-{num_shards:05d}.gz"
-
-
-def split_dir(root: str, split: str) -> str:
-    return f"{root.rstrip('/')}/Split-{split}"
-
-
-def shard_path(root: str, split: str, shard: int, num_shards: int) -> str:
-    return f"{split_dir(root, split)}/{FILE_PATTERN.format(shard=shard, num_shards=num_shards)}"
 
 
 def _dumps(entry: Mapping[str, Any]) -> str:
@@ -153,8 +144,8 @@ class WriteShardFn(beam.DoFn):
 
         (split, shard), persons = element
         persons = sorted(persons, key=lambda person: tuple(person["sort_key"]))
-        path = shard_path(self._root, split, shard, self._num_shards[split])
-        tf.io.gfile.makedirs(split_dir(self._root, split))
+        path = examples_layout.shard_path(self._root, split, shard, self._num_shards[split])
+        tf.io.gfile.makedirs(examples_layout.split_dir(self._root, split))
         options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
         with tf.io.TFRecordWriter(path, options) as writer:
             for person in persons:
@@ -297,9 +288,9 @@ def _publish(tmp_dir: str, out_dir: str, entries: Sequence[str]) -> None:
     """
     gfile = core._gfile()
     gfile.makedirs(out_dir)
-    _remove(f"{out_dir}/{MANIFEST}")
+    _remove(f"{out_dir}/{examples_layout.MANIFEST_FILE}")
     local = "://" not in out_dir
-    for name in list(entries) + [MANIFEST]:
+    for name in list(entries) + [examples_layout.MANIFEST_FILE]:
         source, target = f"{tmp_dir}/{name}", f"{out_dir}/{name}"
         _remove(target)
         if local:
@@ -411,7 +402,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
         for split, total in num_shards.items():  # shards that got no record still exist, empty
             for shard in range(total):
                 if (split, shard) not in written:
-                    with tf.io.TFRecordWriter(shard_path(tmp_dir, split, shard, total), options_gz):
+                    with tf.io.TFRecordWriter(examples_layout.shard_path(tmp_dir, split, shard, total), options_gz):
                         pass
 
         skipped_by_split = {}
@@ -438,7 +429,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "skipped": dict(sorted(skipped.items())),
             "skipped_by_split": skipped_by_split,
             "num_shards": num_shards,
-            "file_pattern": FILE_PATTERN.replace("{shard:05d}", "SSSSS").replace("{num_shards:05d}", "NNNNN"),
+            "file_pattern": examples_layout.SHARD_FILE.replace("{shard:05d}", "SSSSS").replace("{num_shards:05d}", "NNNNN"),
             "input_size": list(data["input_size"]),
             "heatmap_size": list(data["heatmap_size"]),
             "sigma": float(data["sigma"]),
@@ -455,9 +446,9 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "dead_letter": DEAD_LETTER,
             "dead_letter_count": len(stats["dead_letter"]),
         }
-        with gfile.GFile(f"{tmp_dir}/{MANIFEST}", "w") as handle:
+        with gfile.GFile(f"{tmp_dir}/{examples_layout.MANIFEST_FILE}", "w") as handle:
             handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _publish(tmp_dir, out_dir, [f"Split-{split}" for split in loaded] + [DEAD_LETTER])
+        _publish(tmp_dir, out_dir, [examples_layout.SPLIT_DIR.format(split=split) for split in loaded] + [DEAD_LETTER])
         return manifest
     finally:
         _remove(tmp_dir)

@@ -14,12 +14,13 @@ target weight, hollow otherwise), plus the image and annotation ids.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from schemas import examples as examples_layout
 
 TILE_BORDER = 4
 
@@ -29,10 +30,10 @@ def find_files(source: str, split: str | None = None) -> List[str]:
     import tensorflow as tf
 
     if tf.io.gfile.isdir(source):
-        splits = [split] if split else ["train", "eval"]
+        splits = [split] if split else list(examples_layout.SPLITS)
         files: List[str] = []
         for name in splits:
-            files += tf.io.gfile.glob(f"{source.rstrip('/')}/Split-{name}/*.gz")
+            files += tf.io.gfile.glob(f"{examples_layout.split_dir(source, name)}/*.gz")
         files = files or tf.io.gfile.glob(f"{source.rstrip('/')}/*.gz")
     else:
         files = tf.io.gfile.glob(source)

@@ -70,11 +70,12 @@ def trainer(
     from collections import namedtuple
 
     from pipeline import stages
+    from schemas import serving
 
     summary = stages.trainer_stage(model.path, examples.path, json.loads(config_json),
                                    max_steps=max_steps if max_steps > 0 else None)
     result = summary["result"]
-    model.metadata.update({"tfx_type": "Model", "serving_dir": "Format-Serving", "wall_s": summary["wall_s"]})
+    model.metadata.update({"tfx_type": "Model", "serving_dir": serving.SAVED_MODEL_DIR, "wall_s": summary["wall_s"]})
     outputs = namedtuple("TrainerOutputs", ["steps", "final_loss"])
     return outputs(int(result.get("steps") or 0), float(result.get("final_loss") or 0.0))
 

@@ -21,9 +21,11 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
+from schemas import examples as examples_layout
+from schemas.serving import SAVED_MODEL_DIR
+
 STAGE_SUMMARY = "stage_summary.json"
 STAGE_ERROR = "stage_error.json"
-PUSH_RECORD = "push_record.json"
 
 
 class StageError(RuntimeError):
@@ -140,8 +142,8 @@ def trainer_stage(model_dir: str, examples_dir: str, config: Dict[str, Any], max
     inputs = {"examples": examples_dir, "max_steps": max_steps, "model": config.get("model")}
 
     def body():
-        check_inputs("trainer", {"examples/Split-train": os.path.join(examples_dir, "Split-train"),
-                                 "examples/Split-eval": os.path.join(examples_dir, "Split-eval")})
+        check_inputs("trainer", {f"examples/Split-{split}": examples_layout.split_dir(examples_dir, split)
+                                 for split in examples_layout.SPLITS})
         from trainer.task import train_and_export
         return train_and_export(examples_dir, config, model_dir, max_steps=max_steps)
 
@@ -157,7 +159,7 @@ def evaluator_stage(blessing_dir: str, model_dir: str, examples_dir: str, config
               "beam_args": list(beam_args)}
 
     def body():
-        check_inputs("evaluator", {"model/Format-Serving": os.path.join(model_dir, "Format-Serving"),
+        check_inputs("evaluator", {f"model/{SAVED_MODEL_DIR}": os.path.join(model_dir, SAVED_MODEL_DIR),
                                    "examples/Split-eval": os.path.join(examples_dir, "Split-eval"),
                                    "gt_annotations": gt_annotations})
         from components.evaluator import resolve_baseline, run_evaluator
@@ -184,9 +186,9 @@ def pusher_stage(pushed_dir: str, model_dir: str, blessing_dir: str, push_destin
     def body():
         if not push_destination:
             raise StageError("stage 'pusher': push_destination is empty")
-        check_inputs("pusher", {"model/Format-Serving": os.path.join(model_dir, "Format-Serving"),
+        check_inputs("pusher", {f"model/{SAVED_MODEL_DIR}": os.path.join(model_dir, SAVED_MODEL_DIR),
                                 "blessing": blessing_dir})
-        from components.pusher import run_pusher
+        from components.pusher import PUSH_RECORD, run_pusher
         pushed_metrics = dict(metrics) if metrics is not None else blessing_metrics(read_blessing(blessing_dir) or {})
         record = run_pusher(model_dir, blessing_dir, push_destination, run_id, metrics=pushed_metrics)
         record = {"pushed": record is not None, **(dict(record) if record else {})}

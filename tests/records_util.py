@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from pose import coordinates
 from pose.codec import HeatmapCodec
+from schemas import examples as examples_layout
 from schemas import features
 from schemas.keypoints import get_schema
 
@@ -146,9 +147,9 @@ def write_split(records: Sequence[Mapping[str, Any]], out_dir: str, split: str =
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    split_dir = os.path.join(os.fspath(out_dir), f"Split-{split}")
+    split_dir = examples_layout.split_dir(os.fspath(out_dir), split)
     os.makedirs(split_dir, exist_ok=True)
-    paths = [os.path.join(split_dir, f"data_tfrecord-{shard:05d}-of-{num_shards:05d}.gz")
+    paths = [examples_layout.shard_path(os.fspath(out_dir), split, shard, num_shards)
              for shard in range(num_shards)]
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     writers = [tf.io.TFRecordWriter(path, options) for path in paths]

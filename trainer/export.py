@@ -32,13 +32,7 @@ from pose import codec_tf, coordinates
 from pose.codec import HeatmapCodec
 from schemas import features, serving
 from schemas.keypoints import get_schema
-
-
-def _prediction(outputs) -> tf.Tensor:
-    """The prediction of a model output (last element of a list), float32 (B, H_hm, W_hm, K)."""
-    if isinstance(outputs, (list, tuple)):
-        outputs = outputs[-1]
-    return tf.cast(outputs, tf.float32)
+from trainer.models import prediction
 
 
 class PoseServingModule(tf.Module):
@@ -82,7 +76,7 @@ class PoseServingModule(tf.Module):
     def _run_model(self, images: tf.Tensor) -> tf.Tensor:
         height, width = self._codec.heatmap_size
         return tf.cond(tf.shape(images)[0] > 0,
-                       lambda: _prediction(self.model(images, training=False)),
+                       lambda: tf.cast(prediction(self.model(images, training=False)), tf.float32),
                        lambda: tf.zeros([0, height, width, self._num_joints], tf.float32))
 
     def predict_heatmaps(self, images: tf.Tensor) -> tf.Tensor:

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import tensorflow as tf
 
 from pose.codec import HeatmapCodec
+from schemas import examples as examples_layout
 from schemas import features
 from schemas.keypoints import get_schema
 from trainer import augment
@@ -62,7 +63,7 @@ def list_files(file_pattern: str | Sequence[str]) -> List[str]:
     for pattern in patterns:
         pattern = os.fspath(pattern)
         if tf.io.gfile.isdir(pattern):
-            shards = os.path.join(pattern, "data_tfrecord-*")
+            shards = os.path.join(pattern, examples_layout.SHARD_GLOB)
             pattern = shards if tf.io.gfile.glob(shards) else os.path.join(pattern, "*")
         files.update(path for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path))
     if not files:

@@ -30,13 +30,13 @@ import tensorflow as tf
 
 from pose.codec import HeatmapCodec
 from pose.config import load_config
+from schemas import examples as examples_layout
 from schemas import serving
 from trainer import distribution, export, input_pipeline, train_loop
 from trainer.models import build_model
 
 RUN_SUBDIR = "run"
 SUMMARY_FILE = "train_summary.json"
-MANIFEST_FILE = "manifest.json"
 
 
 def _count_records(files: Sequence[str]) -> int:
@@ -49,7 +49,7 @@ def _num_train_records(train_files: Sequence[str]) -> int:
     """Train split size: from ExampleGen's manifest next to ``Split-train`` if present, else counted."""
     split_dirs = {os.path.dirname(path) for path in train_files}
     if len(split_dirs) == 1:
-        manifest = os.path.join(os.path.dirname(split_dirs.pop()), MANIFEST_FILE)
+        manifest = os.path.join(os.path.dirname(split_dirs.pop()), examples_layout.MANIFEST_FILE)
         if os.path.exists(manifest):
             with open(manifest, encoding="utf-8") as handle:
                 count = json.load(handle).get("splits", {}).get("train")
@@ -184,12 +184,12 @@ def train_and_export(examples_dir: str, config: Mapping[str, Any], model_dir: st
         ValueError: no ``Split-train`` shards, or bad step settings.
         trainer.train_loop.NonFiniteLossError: the loss became NaN/Inf.
     """
-    split_dir = os.path.join(examples_dir, "Split-train")
+    split_dir = examples_layout.split_dir(examples_dir, "train")
     if not os.path.isdir(split_dir):
         raise ValueError(f"examples_dir {examples_dir!r} has no Split-train directory")
     os.makedirs(model_dir, exist_ok=True)
     summary = train_on_files(
-        os.path.join(split_dir, "data_tfrecord-*"), config, os.path.join(model_dir, serving.SAVED_MODEL_DIR),
+        examples_layout.shard_pattern(examples_dir, "train"), config, os.path.join(model_dir, serving.SAVED_MODEL_DIR),
         os.path.join(model_dir, RUN_SUBDIR), os.path.join(model_dir, serving.KERAS_FILE), max_steps,
         strategy, log)
     if summary["chief"]:

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from trainer import distribution, losses, optimization
+from trainer.models import prediction
 
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -119,11 +120,6 @@ def write_images(name: str, images: np.ndarray, step: int) -> None:
     height, width = images.shape[1:3]
     tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height))] + encoded)
     tf.summary.write(name, tensor, step=step, metadata=_IMAGE_METADATA)
-
-
-def _prediction_tensor(outputs):
-    """The prediction of a model output: the last element of a list (intermediate supervision)."""
-    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
 
 
 def train(config: Mapping[str, Any],
@@ -303,7 +299,7 @@ def train(config: Mapping[str, Any],
 
 def _write_preview(model, codec, images: tf.Tensor, step: int) -> None:
     """TensorBoard image summary: crops with the predicted keypoints (red)."""
-    heatmaps = _prediction_tensor(model(images, training=False))
+    heatmaps = prediction(model(images, training=False))
     keypoints, scores = codec.decode(np.asarray(tf.cast(heatmaps, tf.float32)))
     drawn = draw_keypoints(np.asarray(images), keypoints, scores)
     write_images("train/predicted_keypoints", drawn, step)

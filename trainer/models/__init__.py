@@ -33,6 +33,11 @@ def get_builder(name: str) -> Callable[[Mapping[str, Any]], Any]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def prediction(outputs):
+    """The prediction of a model's output: the tensor itself, or the last of a list (intermediate supervision)."""
+    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
 def build_model(config: Mapping[str, Any]):
     """Builds the model named by ``config["model"]["name"]``."""
     return get_builder(config["model"]["name"])(config)
