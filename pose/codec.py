@@ -38,6 +38,9 @@ class HeatmapCodec:
         sigma: Gaussian sigma of the targets, heatmap pixels.
         blur_kernel: odd DARK modulation kernel size.
         decoding: ``"dark"`` (default), ``"standard"`` or ``"argmax"``.
+        decode_jit_compile: run :meth:`decode_tf` as one XLA computation (faster;
+            a SavedModel holding it needs XLA wherever it is served, see
+            :func:`pose.codec_tf.decode`).
     """
 
     input_size: Tuple[int, int]
@@ -45,6 +48,7 @@ class HeatmapCodec:
     sigma: float
     blur_kernel: int = 11
     decoding: str = "dark"
+    decode_jit_compile: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -66,6 +70,7 @@ class HeatmapCodec:
             sigma=float(data["sigma"]),
             blur_kernel=int(codec["blur_kernel"]),
             decoding=str(codec["decoding"]),
+            decode_jit_compile=bool(codec.get("decode_jit_compile", False)),
         )
 
     # -- NumPy -------------------------------------------------------------
@@ -88,5 +93,6 @@ class HeatmapCodec:
     def decode_tf(self, heatmaps: tf.Tensor, method: str | None = None,
                   compute_dtype: tf.DType = tf.float64) -> Tuple[tf.Tensor, tf.Tensor]:
         """TF twin of :meth:`decode`: (B, H, W, K) -> crop-pixel (B, K, 2) float32, scores (B, K)."""
-        points, scores = codec_tf.decode(heatmaps, method or self.decoding, self.blur_kernel, compute_dtype)
+        points, scores = codec_tf.decode(heatmaps, method or self.decoding, self.blur_kernel, compute_dtype,
+                                         jit_compile=self.decode_jit_compile)
         return coordinates.heatmap_to_crop_tf(points, self.input_size, self.heatmap_size), scores

@@ -107,11 +107,17 @@ def encode(keypoints: np.ndarray, visible: np.ndarray, heatmap_size: Sequence[in
 
 
 def _argmax(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """maps (M, H, W) -> integer px (M,), py (M,), max values (M,); NaN never wins."""
-    flat = maps.reshape(maps.shape[0], -1)
-    index = np.argmax(np.where(np.isnan(flat), -np.inf, flat), axis=1)
-    width = maps.shape[2]
-    return index % width, index // width, flat[np.arange(flat.shape[0]), index]
+    """maps (M, H, W) -> integer px (M,), py (M,), max values (M,).
+
+    NaN never wins. Ties go to the smallest x, then the smallest y: the order
+    in which the TF twin searches channels-last memory cheaply (column maxima
+    first, see :func:`pose.codec_tf._peaks`). Ties only occur on flat or
+    clipped maps; a constant map decodes to (0, 0) either way.
+    """
+    count, height = maps.shape[0], maps.shape[1]
+    by_column = np.swapaxes(maps, 1, 2).reshape(count, -1)
+    index = np.argmax(np.where(np.isnan(by_column), -np.inf, by_column), axis=1)
+    return index // height, index % height, by_column[np.arange(count), index]
 
 
 def blur(maps: np.ndarray, kernel_size: int) -> np.ndarray:

@@ -8,7 +8,7 @@ batch or joints. Heatmaps are ``(B, H, W, K)`` channels-last; keypoints are
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -73,47 +73,101 @@ def modulate(heatmaps: tf.Tensor, kernel_size: int) -> tf.Tensor:
     return blurred * ratio
 
 
+def _first_argmax(values: tf.Tensor, axis: int) -> tf.Tensor:
+    """Index (int32) of the first maximum of NaN-free ``values`` along ``axis``.
+
+    Written as a max and a min over the positions equal to it, which XLA
+    fuses into two plain reductions (its variadic argmax is slow on CPU).
+    """
+    size = tf.shape(values)[axis]
+    largest = tf.reduce_max(values, axis=axis, keepdims=True)
+    shape = [1] * values.shape.rank
+    shape[axis] = -1
+    positions = tf.reshape(tf.range(size), shape)
+    return tf.reduce_min(tf.where(values == largest, positions, size), axis=axis)
+
+
+def column_maxima(heatmaps: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, K) -> (B, W, K): the maximum of every column of every map (NaN if it holds one).
+
+    In channels-last memory this reduction runs over contiguous (W * K) rows,
+    the cheap direction: it is the decoder's one full pass over the batch.
+    """
+    shape = tf.shape(heatmaps)
+    rows = tf.reshape(heatmaps, [shape[0], shape[1], shape[2] * shape[3]])
+    return tf.reshape(tf.reduce_max(rows, axis=1), [shape[0], shape[2], shape[3]])
+
+
+def _column_search(heatmaps: tf.Tensor, flat: tf.Tensor, column_max: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Integer peaks (px, py), each (B, K) int32, of a NaN-free (B, H, W, K) batch.
+
+    From the column maxima (:func:`column_maxima`) only the winning column of
+    each map (H values) is read to find its row. Ties go to the smallest x,
+    then the smallest y (the order of :func:`pose.codec_np._argmax`).
+    """
+    shape = tf.shape(heatmaps)
+    batch, height, width, joints = shape[0], shape[1], shape[2], shape[3]
+    px = _first_argmax(column_max, axis=1)                                          # (B, K)
+    top = (tf.range(batch)[:, None] * (height * width) + px) * joints + tf.range(joints)[None, :]
+    column = tf.gather(flat, top[..., None] + tf.range(height) * (width * joints))  # (B, K, H)
+    return px, _first_argmax(column, axis=2)
+
+
+def _full_scan(heatmaps: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Integer peaks (px, py) of any (B, H, W, K) batch, NaN included (it never wins); same ties."""
+    shape = tf.shape(heatmaps)
+    batch, height, width, joints = shape[0], shape[1], shape[2], shape[3]
+    by_column = tf.reshape(tf.transpose(heatmaps, [0, 2, 1, 3]), [batch, width * height, joints])
+    by_column = tf.where(tf.math.is_nan(by_column), tf.constant(-np.inf, heatmaps.dtype), by_column)
+    index = _first_argmax(by_column, axis=1)
+    return index // height, index % height
+
+
+def _holds_nan(column_max: tf.Tensor) -> tf.Tensor:
+    """Whether a batch holds any NaN, read from its column maxima (reduce_max propagates NaN)."""
+    return tf.reduce_any(tf.math.is_nan(column_max))
+
+
 def _gather_patch(flat: tf.Tensor, px: tf.Tensor, py: tf.Tensor, radius: int,
-                  height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+                  height: tf.Tensor, width: tf.Tensor, joints: tf.Tensor) -> tf.Tensor:
     """Gathers (B, K, P, P) patches, P = 2 * radius + 1, centred on (px, py), zero outside the map.
 
-    ``flat`` is the heatmap batch flattened in its native (B, H, W, K) order, so
-    no transpose of the whole batch is needed. Work on the (B, K, P, P) patch is
-    kept to a handful of ops: one add for the indices, one gather, one mask.
+    ``flat`` is the heatmap batch flattened in its native (B, H, W, K) order,
+    so no transpose of the whole batch is needed. Rows and columns are clamped
+    separately, so a read never leaves its own map; the clamped ones are then
+    zeroed (the zero padding of the modulation).
     """
-    shape = tf.shape(px)
-    joints = shape[1]
+    batch = tf.shape(px)[0]
     offsets = tf.range(-radius, radius + 1)
-    row_ok = (py[..., None] + offsets >= 0) & (py[..., None] + offsets < height)      # (B, K, P)
-    col_ok = (px[..., None] + offsets >= 0) & (px[..., None] + offsets < width)       # (B, K, P)
-    inside = row_ok[..., :, None] & col_ok[..., None, :]
-    base = ((tf.range(shape[0])[:, None] * height + py) * width + px) * joints + tf.range(joints)[None, :]
-    patch_offsets = (offsets[:, None] * width + offsets[None, :]) * joints                # (P, P)
-    index = tf.clip_by_value(base[..., None, None] + patch_offsets, 0, tf.size(flat) - 1)
+    rows = py[..., None] + offsets                                                     # (B, K, P)
+    cols = px[..., None] + offsets
+    origin = tf.range(batch)[:, None] * (height * width * joints) + tf.range(joints)[None, :]  # (B, K)
+    index = (origin[..., None, None] + (tf.clip_by_value(rows, 0, height - 1) * (width * joints))[..., :, None]
+             + (tf.clip_by_value(cols, 0, width - 1) * joints)[..., None, :])
+    inside = (((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :])
     values = tf.gather(flat, index)
     return tf.where(inside, values, tf.zeros_like(values))
 
 
-def _local_log_modulated(flat: tf.Tensor, px: tf.Tensor, py: tf.Tensor, original_max: tf.Tensor,
-                         kernel_size: int, height: tf.Tensor, width: tf.Tensor,
-                         compute_dtype: tf.DType) -> tf.Tensor:
+def _local_log_modulated(patch: tf.Tensor, original_max: tf.Tensor, kernel_size: int) -> tf.Tensor:
     """log(max(modulated map, floor)) on the 5x5 neighbourhood of each argmax: (B, K, 5, 5).
 
-    The modulation (zero-padded blur, then x c with c = original max / blurred
-    max) is evaluated only where the Taylor step reads it. c shifts the log by a
-    constant, which cancels in every derivative, so it only matters where a
-    stencil value is clipped at the floor; there the blurred maximum of the
-    neighbourhood stands in for the global one (they coincide whenever the
-    blurred peak is within 2 px of the raw peak, i.e. for any real heatmap).
-    This makes the decoder O(B K k^2) instead of O(B K H W k).
+    ``patch`` is the (B, K, k + 4, k + 4) raw neighbourhood (zero outside the
+    map) in the compute dtype. The modulation (zero-padded blur, then x c with
+    c = original max / blurred max) is evaluated only where the Taylor step
+    reads it. c shifts the log by a constant, which cancels in every
+    derivative, so it only matters where a stencil value is clipped at the
+    floor; there the blurred maximum of the neighbourhood stands in for the
+    global one (they coincide whenever the blurred peak is within 2 px of the
+    raw peak, i.e. for any real heatmap). This makes the decoder
+    O(B K k^2) instead of O(B K H W k).
     """
     radius = kernel_size // 2
-    patch = tf.cast(_gather_patch(flat, px, py, radius + 2, height, width), compute_dtype)  # (B, K, P, P)
     kernel = gaussian_kernel_1d(kernel_size)
     band = np.zeros((5, 5 + 2 * radius))
     for row in range(5):
         band[row, row:row + kernel_size] = kernel
-    band = tf.constant(band, compute_dtype)                              # (5, P): 1-D blur as a band matrix
+    band = tf.constant(band, patch.dtype)                                 # (5, P): 1-D blur as a band matrix
     blurred = tf.matmul(tf.matmul(band, patch), band, transpose_b=True)   # (B, K, 5, 5)
     blurred_max = tf.reduce_max(blurred, axis=[2, 3])
     ratio = tf.where(blurred_max > 0, original_max / tf.where(blurred_max > 0, blurred_max, 1.0), 1.0)
@@ -142,8 +196,49 @@ def _taylor_offsets(log_patch: tf.Tensor, px: tf.Tensor, py: tf.Tensor,
     return tf.where(keep, offsets, tf.zeros_like(offsets))
 
 
+def _decode(heatmaps: tf.Tensor, column_max: tf.Tensor, method: str, blur_kernel: int,
+            compute_dtype: tf.DType, nan_free: bool) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The body of :func:`decode`: (B, H, W, K) heatmaps and their (B, W, K) column maxima.
+
+    ``nan_free=True`` skips the NaN check (the caller has made it): the peaks
+    then come from the column search alone.
+    """
+    shape = tf.shape(heatmaps)
+    height, width, joints = shape[1], shape[2], shape[3]
+    flat = tf.reshape(heatmaps, [-1])
+    if nan_free:
+        px, py = _column_search(heatmaps, flat, column_max)
+    else:
+        px, py = tf.cond(_holds_nan(column_max), lambda: _full_scan(heatmaps),
+                         lambda: _column_search(heatmaps, flat, column_max))
+    radius = {"argmax": 0, "standard": 1, "dark": blur_kernel // 2 + 2}[method]
+    patch = _gather_patch(flat, px, py, radius, height, width, joints)     # (B, K, P, P)
+    scores = patch[:, :, radius, radius]
+    valid = tf.math.is_finite(scores)
+    integer = tf.cast(tf.stack([px, py], axis=-1), compute_dtype)
+    coords = integer
+    if method == "standard":
+        inner_x = (px >= 1) & (px <= width - 2)
+        inner_y = (py >= 1) & (py <= height - 2)
+        zero = tf.zeros_like(scores)
+        shift_x = tf.where(inner_x, 0.25 * tf.sign(patch[:, :, 1, 2] - patch[:, :, 1, 0]), zero)
+        shift_y = tf.where(inner_y, 0.25 * tf.sign(patch[:, :, 2, 1] - patch[:, :, 0, 1]), zero)
+        coords = coords + tf.cast(tf.stack([shift_x, shift_y], axis=-1), compute_dtype)
+    elif method == "dark":
+        log_patch = _local_log_modulated(tf.cast(patch, compute_dtype), tf.cast(scores, compute_dtype),
+                                         blur_kernel)
+        coords = coords + _taylor_offsets(log_patch, px, py, height, width)
+    coords = tf.where(tf.math.is_finite(coords - integer), coords, integer)
+    coords = tf.where(valid[..., None], coords, tf.zeros_like(coords))
+    scores = tf.where(valid, scores, tf.zeros_like(scores))
+    return tf.cast(coords, tf.float32), tf.cast(scores, tf.float32)
+
+
+_XLA_DECODERS: Dict[Tuple[str, int, tf.DType], Callable] = {}
+
+
 def decode(heatmaps: tf.Tensor, method: str = "dark", blur_kernel: int = 11,
-           compute_dtype: tf.DType = tf.float64) -> Tuple[tf.Tensor, tf.Tensor]:
+           compute_dtype: tf.DType = tf.float64, jit_compile: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
     """Batched TF twin of :func:`pose.codec_np.decode`.
 
     Args:
@@ -154,39 +249,32 @@ def decode(heatmaps: tf.Tensor, method: str = "dark", blur_kernel: int = 11,
             default) makes this twin agree with NumPy to ~1e-6 px even on
             ill-conditioned (random) maps, where the Hessian is nearly
             singular; use float32 on accelerators without float64 (TPU).
+        jit_compile: run the decoder as one XLA computation (about 2x faster on
+            CPU, see ``bench/codec.py``). A graph that contains it needs XLA at
+            run time: TensorFlow itself has it, TF Serving does not by default
+            (CPU: ``--xla_cpu_compilation_enabled``), so export keeps it off
+            unless ``codec.decode_jit_compile`` is set. Each new input shape is
+            compiled once.
 
     Returns:
         ``(keypoints (B, K, 2) float32 in heatmap coordinates, scores (B, K) float32)``.
     """
     if method not in DECODING_METHODS:
         raise ValueError(f"method must be one of {DECODING_METHODS}, got {method!r}")
+    gaussian_kernel_1d(blur_kernel)  # validates the kernel size
     heatmaps = tf.convert_to_tensor(heatmaps)
-    shape = tf.shape(heatmaps)
-    height, width = shape[1], shape[2]
-    # One pass over the batch: the argmax (NaN never wins it); the score is read back at the argmax.
-    index = tf.argmax(tf.reshape(heatmaps, [shape[0], height * width, shape[3]]), axis=1, output_type=tf.int32)
-    px, py = index % width, index // width
-    flat = tf.reshape(heatmaps, [-1])
-    scores = _gather_patch(flat, px, py, 0, height, width)[:, :, 0, 0]
-    valid = tf.math.is_finite(scores)
-    coords = tf.cast(tf.stack([px, py], axis=-1), compute_dtype)
-    if method == "standard":
-        neighbours = _gather_patch(flat, px, py, 1, height, width)
-        inner_x = (px >= 1) & (px <= width - 2)
-        inner_y = (py >= 1) & (py <= height - 2)
-        zero = tf.zeros_like(scores)
-        shift_x = tf.where(inner_x, 0.25 * tf.sign(neighbours[:, :, 1, 2] - neighbours[:, :, 1, 0]), zero)
-        shift_y = tf.where(inner_y, 0.25 * tf.sign(neighbours[:, :, 2, 1] - neighbours[:, :, 0, 1]), zero)
-        coords = coords + tf.cast(tf.stack([shift_x, shift_y], axis=-1), compute_dtype)
-    elif method == "dark":
-        log_patch = _local_log_modulated(flat, px, py, tf.cast(scores, compute_dtype),
-                                         blur_kernel, height, width, compute_dtype)
-        coords = coords + _taylor_offsets(log_patch, px, py, height, width)
-    shift = coords - tf.cast(tf.stack([px, py], axis=-1), compute_dtype)
-    coords = tf.where(tf.math.is_finite(shift), coords, tf.cast(tf.stack([px, py], axis=-1), compute_dtype))
-    coords = tf.where(valid[..., None], coords, tf.zeros_like(coords))
-    scores = tf.where(valid, scores, tf.zeros_like(scores))
-    return tf.cast(coords, tf.float32), tf.cast(scores, tf.float32)
+    column_max = column_maxima(heatmaps)
+    if not jit_compile:
+        return _decode(heatmaps, column_max, method, blur_kernel, compute_dtype, nan_free=False)
+    # The full pass and the (rare) NaN branch stay outside XLA: both run slower inside it.
+    key = (method, int(blur_kernel), compute_dtype)
+    if key not in _XLA_DECODERS:
+        _XLA_DECODERS[key] = tf.function(
+            lambda maps, maxima: _decode(maps, maxima, method, int(blur_kernel), compute_dtype, nan_free=True),
+            jit_compile=True, autograph=False)
+    return tf.cond(_holds_nan(column_max),
+                   lambda: _decode(heatmaps, column_max, method, blur_kernel, compute_dtype, nan_free=False),
+                   lambda: _XLA_DECODERS[key](heatmaps, column_max))
 
 
 def flip_back(heatmaps: tf.Tensor, flip_index: np.ndarray) -> tf.Tensor:

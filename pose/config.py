@@ -18,7 +18,8 @@ Sections:
 * ``dataset``: keypoint schema name (``coco`` / ``mpii``), see :mod:`schemas.keypoints`.
 * ``model``: ``name`` plus the builder's keyword arguments (validated by the builder).
 * ``data``: crop/heatmap geometry and ExampleGen selection settings.
-* ``codec``: decoding method and modulation kernel.
+* ``codec``: decoding method, modulation kernel, and whether the exported
+  decoder is XLA-compiled (``decode_jit_compile``, see :func:`pose.codec_tf.decode`).
 * ``augmentation``, ``train``, ``eval``: trainer and evaluator settings.
 * ``small_run``: a partial config merged on top when ``small_run=True``.
 """
@@ -51,6 +52,7 @@ DEFAULTS: Dict[str, Any] = {
     "codec": {
         "decoding": "dark",
         "blur_kernel": None,           # derived unless set
+        "decode_jit_compile": False,   # XLA-compile the exported decoder (TF Serving then needs XLA)
     },
     "augmentation": {
         "enabled": True,
@@ -142,6 +144,8 @@ def _derive(config: Dict[str, Any]) -> None:
         raise ValueError(f"codec.blur_kernel must be a positive odd integer, got {kernel!r}")
     if codec["decoding"] not in ("dark", "standard", "argmax"):
         raise ValueError(f"codec.decoding must be dark, standard or argmax, got {codec['decoding']!r}")
+    if not isinstance(codec["decode_jit_compile"], bool):
+        raise ValueError(f"codec.decode_jit_compile must be true or false, got {codec['decode_jit_compile']!r}")
 
 
 def _validate(config: Dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ def test_float32_compute_dtype_is_close():
     assert np.linalg.norm(decoded.numpy() - keypoints, axis=-1).mean() < 0.01
 
 
-@pytest.mark.parametrize("decoder", ["numpy", "tf"])
+@pytest.mark.parametrize("decoder", ["numpy", "tf", "tf-xla"])
 def test_flat_nan_and_border_maps_are_defined(decoder):
     maps = np.zeros((4, 16, 12, 3), np.float32)
     maps[1] = np.nan
@@ -90,7 +90,8 @@ def test_flat_nan_and_border_maps_are_defined(decoder):
     if decoder == "numpy":
         decoded, scores = codec_np.decode(maps, "dark", 3)
     else:
-        decoded, scores = (t.numpy() for t in codec_tf.decode(tf.constant(maps), "dark", 3))
+        decoded, scores = (t.numpy() for t in codec_tf.decode(tf.constant(maps), "dark", 3,
+                                                              jit_compile=decoder == "tf-xla"))
     assert np.isfinite(decoded).all() and np.isfinite(scores).all()
     np.testing.assert_array_equal(decoded[0], 0.0)
     np.testing.assert_array_equal(scores[0], 0.0)
@@ -99,6 +100,54 @@ def test_flat_nan_and_border_maps_are_defined(decoder):
     np.testing.assert_array_equal(decoded[3, 1], [5.0, 1.0])
     np.testing.assert_allclose(decoded[3, 2], [6.0, 8.0], atol=1e-6)  # symmetric spike: zero gradient
     np.testing.assert_array_equal(scores[3], [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("method", codec_np.DECODING_METHODS)
+@pytest.mark.parametrize("kind", ["clean", "noisy", "random"])
+def test_xla_decoder_matches_the_graph_decoder(method, kind):
+    _, heatmaps, _ = _clean((64, 48), 2.0, count=8)
+    if kind == "noisy":
+        heatmaps = _noisy(heatmaps)
+    elif kind == "random":
+        heatmaps = _random(heatmaps.shape)
+    decode = tf.function(lambda h: codec_tf.decode(h, method, 11, jit_compile=True),
+                         input_signature=[tf.TensorSpec([None, 64, 48, 17], tf.float32)])
+    for batch in (8, 3):  # a new batch size compiles once more
+        xla = [t.numpy() for t in decode(tf.constant(heatmaps[:batch]))]
+        graph = [t.numpy() for t in codec_tf.decode(tf.constant(heatmaps[:batch]), method, 11)]
+        np.testing.assert_allclose(xla[1], graph[1], atol=0)
+        np.testing.assert_allclose(xla[0], graph[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_scattered_nan_never_wins_and_twins_agree(jit_compile):
+    _, heatmaps, _ = _clean((64, 48), 2.0, count=6)
+    heatmaps = _noisy(heatmaps)
+    rng = np.random.default_rng(7)
+    flat = heatmaps.reshape(-1)
+    flat[rng.choice(flat.size, 40, replace=False)] = np.nan
+    peak = np.unravel_index(np.argmax(np.nan_to_num(heatmaps[2, :, :, 5], nan=-1.0)), (64, 48))
+    heatmaps[2, peak[0] + 1, peak[1], 5] = np.nan        # a NaN next to a peak: no sub-pixel step
+    decoded_np, scores_np = codec_np.decode(heatmaps, "dark", 11)
+    decoded_tf, scores_tf = (t.numpy() for t in codec_tf.decode(tf.constant(heatmaps), "dark", 11,
+                                                              jit_compile=jit_compile))
+    assert np.isfinite(decoded_tf).all() and np.isfinite(scores_tf).all()
+    np.testing.assert_allclose(scores_tf, scores_np, atol=1e-6)
+    np.testing.assert_allclose(decoded_tf, decoded_np, atol=1e-4)
+    np.testing.assert_array_equal(decoded_tf[2, 5], [peak[1], peak[0]])
+
+
+@pytest.mark.parametrize("decoder", ["numpy", "tf", "tf-xla"])
+def test_ties_go_to_the_smallest_x_then_the_smallest_y(decoder):
+    maps = np.zeros((1, 8, 8, 2), np.float32)
+    maps[0, 1, 5, 0] = maps[0, 3, 2, 0] = 1.0      # equal peaks at (x=5, y=1) and (x=2, y=3)
+    maps[0, 6, 4, 1] = maps[0, 2, 4, 1] = 1.0      # same column: the upper one
+    if decoder == "numpy":
+        decoded, _ = codec_np.decode(maps, "argmax")
+    else:
+        decoded, _ = (t.numpy() for t in codec_tf.decode(tf.constant(maps), "argmax",
+                                                        jit_compile=decoder == "tf-xla"))
+    np.testing.assert_array_equal(decoded[0], [[2, 3], [4, 2]])
 
 
 def test_encode_weights_and_twins():

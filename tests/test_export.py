@@ -250,3 +250,21 @@ def test_empty_inputs_give_empty_outputs(exported):
     assert predicted["keypoints"].shape == (0, 17, 2) and predicted["scores"].shape == (0, 17)
     served = loaded.signatures["serving_default"](examples=tf.zeros([0], tf.string))
     assert served["keypoints_image"].shape == (0, 17, 2) and served["image_id"].shape == (0,)
+
+
+def test_xla_compiled_decoder_exports_and_matches(exported, tmp_path):
+    """codec.decode_jit_compile: the SavedModel holds an XLA-compiled decoder with the same outputs."""
+    config = _config()
+    config["codec"]["decode_jit_compile"] = True
+    codec = HeatmapCodec.from_config(config)
+    assert codec.decode_jit_compile
+    directory = str(tmp_path / serving.SAVED_MODEL_DIR)
+    export.export_serving_model(exported["models"]["render"], config, codec, directory)
+    loaded = tf.saved_model.load(directory)
+    examples = tf.constant([features.build_example(r).SerializeToString() for r in exported["records"]])
+    got = loaded.signatures["serving_default"](examples=examples)
+    expected = exported["outputs"]["render"]
+    np.testing.assert_allclose(got["keypoints_crop"].numpy(), expected["serving/keypoints_crop"], atol=1e-3)
+    np.testing.assert_allclose(got["scores"].numpy(), expected["serving/scores"], atol=1e-6)
+    empty = loaded.signatures["predict_image"](image=tf.constant(exported["image_bytes"]), boxes=tf.zeros([0, 4]))
+    assert empty["keypoints"].shape == (0, 17, 2)
