@@ -13,7 +13,8 @@ persons, then:
   pipeline's own reader, :func:`components.ingest_core.decode_image`), one
   process, images/s;
 * ExampleGen on the Beam DirectRunner, ``multi_processing`` with 1 and with
-  2 workers, each at R and 2R replicas. Worker start-up (importing
+  2 workers, each at R and 2R replicas (and, for reference, ``in_memory``:
+  one process, no worker data plane). Worker start-up (importing
   TensorFlow in each worker) is a fixed cost, so the steady-state rate is
   the marginal one: ``(images(2R) - images(R)) / (t(2R) - t(R))``; the
   plain ``images / wall`` rates are printed too;
@@ -37,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zlib
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def stage_breakdown(annotations: str, images_dir: str, config, limit: int = 96) 
     tasks = [task for task in core.load_coco("train", annotations, images_dir, config)["tasks"]
              if task["image_path"]][:limit]
     totals = {"read + decode": 0.0, "crop (clip, warp, JPEG)": 0.0, "heatmaps + tf.Example": 0.0,
-              "gzip (level %d)" % example_gen.GZIP_LEVEL: 0.0}
+              "gzip (level %d, Z_RLE)" % example_gen.GZIP_LEVEL: 0.0}
     persons = 0
     for task in tasks:
         clock = time.process_time()
@@ -121,17 +121,18 @@ def stage_breakdown(annotations: str, images_dir: str, config, limit: int = 96) 
             record = core.build_record(person, codec, config)
             totals["heatmaps + tf.Example"] += time.process_time() - clock
             clock = time.process_time()
-            zlib.compress(record, example_gen.GZIP_LEVEL)
-            totals["gzip (level %d)" % example_gen.GZIP_LEVEL] += time.process_time() - clock
+            example_gen.gzip_bytes(record)
+            totals["gzip (level %d, Z_RLE)" % example_gen.GZIP_LEVEL] += time.process_time() - clock
         persons += len(cropped)
     breakdown = {name: seconds / len(tasks) * 1e3 for name, seconds in totals.items()}
     breakdown["persons per image"] = persons / len(tasks)
     return breakdown
 
 
-def run_pipeline(annotations: str, images_dir: str, config, out_dir: str, workers: int) -> dict:
-    """One multi_processing run: wall seconds, CPU seconds of the workers and of the runner, manifest."""
-    args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+def run_pipeline(annotations: str, images_dir: str, config, out_dir: str, workers: int,
+                 mode: str = "multi_processing") -> dict:
+    """One DirectRunner run: wall seconds, CPU seconds of the workers and of the runner, manifest."""
+    args = [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
     own_before, workers_before = _cpu_seconds()
     start = time.perf_counter()
     manifest = example_gen.run_example_gen("coco", out_dir, config, train_annotations=annotations,
@@ -169,7 +170,7 @@ def storage_table(out_dir: str, config, limit: int = 200) -> list[dict]:
         order = (0, 3, 1, 2) if "KHW" in name else (0, 1, 2, 3)
         blobs = [np.ascontiguousarray(np.transpose(stored, order)[i]).tobytes() for i in range(len(stored))]
         start = time.perf_counter()
-        sizes = [len(zlib.compress(blob, example_gen.GZIP_LEVEL)) for blob in blobs]
+        sizes = [len(example_gen.gzip_bytes(blob)) for blob in blobs]
         seconds = (time.perf_counter() - start) / len(blobs)
         decoded, _ = codec.decode(restore(stored))
         added = np.linalg.norm(decoded - reference, axis=-1)[labelled]
@@ -205,6 +206,10 @@ def main(argv=None) -> int:
             for label, (annotations, images_dir, _) in (("R", small), ("2R", large)):
                 out_dir = os.path.join(work_dir, f"out_{workers}_{label}")
                 results[(workers, label)] = run_pipeline(annotations, images_dir, config, out_dir, workers)
+        in_memory = {}
+        for label, (annotations, images_dir, _) in (("R", small), ("2R", large)):
+            in_memory[label] = run_pipeline(annotations, images_dir, config, os.path.join(work_dir, f"mem_{label}"),
+                                            1, mode="in_memory")
         load_after = os.getloadavg()[0]
 
         def marginal(count: float, seconds: float) -> float:
@@ -234,6 +239,10 @@ def main(argv=None) -> int:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     one, two = rows
+    in_memory_rate = marginal(in_memory["2R"]["images"] - in_memory["R"]["images"],
+                              in_memory["2R"]["seconds"] - in_memory["R"]["seconds"])
+    in_memory_records = marginal(in_memory["2R"]["records"] - in_memory["R"]["records"],
+                                 in_memory["2R"]["seconds"] - in_memory["R"]["seconds"])
     print(f"\nload average (1 min) {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
     print(f"ExampleGen throughput, COCO samples x{args.replicas} / x{2 * args.replicas} "
           f"({results[(1, 'R')]['records']} / {results[(1, '2R')]['records']} persons), "
@@ -249,11 +258,14 @@ def main(argv=None) -> int:
               f"{row['images_per_s'] / one['images_per_s']:>7.2f}"
               f"{row['images_per_worker_cpu_s']:>17.1f}{row['images_per_worker_cpu_s'] / decode_cpu_rate:>10.2f}"
               f"{row['images_per_total_cpu_s']:>14.1f}")
+    print(f"{'ExampleGen 1, in_memory':<26}{in_memory_rate:>9.1f}{in_memory_records:>10.1f}"
+          f"{in_memory['2R']['images'] / in_memory['2R']['seconds']:>11.1f}{in_memory_rate / decode_rate:>10.2f}"
+          f"{in_memory_rate / one['images_per_s']:>7.2f}")
     print(f"(images/s, records/s: marginal wall rates between R and 2R; 'vs decode' per worker. "
           f"Walls R/2R: 1w {one['wall_s_R']:.1f}/{one['wall_s_2R']:.1f} s, "
           f"2w {two['wall_s_R']:.1f}/{two['wall_s_2R']:.1f} s; decode-only over {decode_images} images. "
           f"CPU columns: marginal images per CPU second of the worker processes, and of workers + runner.)")
-    print(f"bytes per record (TFRecord, gzip level {example_gen.GZIP_LEVEL}): {bytes_per_record:.0f}")
+    print(f"bytes per record (TFRecord, gzip level {example_gen.GZIP_LEVEL}, Z_RLE): {bytes_per_record:.0f}")
     print("\nCPU ms per image by step (one process, no Beam; the rest of the worker CPU is Beam's)")
     for name, value in breakdown.items():
         print(f"  {name:<28}{value:>8.2f}")
@@ -275,6 +287,8 @@ def main(argv=None) -> int:
         "records_per_s_2w": number(two["records_per_s"]),
         "per_worker_vs_decode": number(one["images_per_s"] / decode_rate, 3),
         "speedup_2w": number(two["images_per_s"] / one["images_per_s"], 3),
+        "images_per_s_1w_in_memory": number(in_memory_rate),
+        "per_worker_vs_decode_2w": number(two["images_per_s"] / 2 / decode_rate, 3),
         "images_per_worker_cpu_s_1w": number(one["images_per_worker_cpu_s"]),
         "decode_only_images_per_cpu_s": number(decode_cpu_rate),
         "load_average": [round(load_before, 1), round(load_after, 1)],

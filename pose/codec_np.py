@@ -90,7 +90,8 @@ def encode(keypoints: np.ndarray, visible: np.ndarray, heatmap_size: Sequence[in
 
     Returns:
         ``(heatmaps, weights)``: float32 (..., H, W, K) with peak 1 at the
-        keypoint (zeros where the weight is 0), and float32 (..., K) weights.
+        keypoint (zeros where the weight is 0; a view of joint-major memory),
+        and float32 (..., K) weights.
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -102,8 +103,10 @@ def encode(keypoints: np.ndarray, visible: np.ndarray, heatmap_size: Sequence[in
     ys = np.arange(height, dtype=np.float64)
     gx = np.exp(-((xs - safe[..., 0:1]) ** 2) / (2.0 * sigma ** 2))  # (..., K, W)
     gy = np.exp(-((ys - safe[..., 1:2]) ** 2) / (2.0 * sigma ** 2))  # (..., K, H)
-    heatmaps = np.einsum("...kh,...kw,...k->...hwk", gy, gx, weights.astype(np.float64))
-    return heatmaps.astype(np.float32), weights
+    # Joint-major product (cheap, contiguous), returned as a channels-last view:
+    # storage (schemas.features) wants joint-major, so it then needs no copy.
+    joint_major = (gy[..., :, :, None] * (gx * weights[..., None])[..., :, None, :]).astype(np.float32)
+    return np.moveaxis(joint_major, -3, -1), weights
 
 
 def _argmax(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
