@@ -37,12 +37,12 @@ little-endian uint16, stored joint-major ``(K, H_hm, W_hm)`` (the decoders
 return channels-last ``(H_hm, W_hm, K)``); values must lie in [0, 1] (the
 targets peak at 1). Chosen by measurement (``bench/ingest.py``,
 docs/example_gen.md) over float16 and 8-bit quantisation: at 256x192 /
-64x48 / K=17 with gzip level 1, uint16 is smaller than float16 and adds
+64x48 / K=17 with the writer's gzip (level 1, Z_RLE), uint16 is smaller than float16 and adds
 ~20x less DARK round-trip error (float16 keeps useless precision in the
 near-zero tails, which compresses badly); uint8 is smaller still but adds
 ~0.005 px mean / 0.03 px max, half of the 0.01 px budget. Joint-major order
-puts each Gaussian's zero tails in long runs: ~1.8x fewer gzip'd bytes and
-~5x faster compression than channels-last order.
+puts each Gaussian's zero tails in long runs: ~1.3x fewer gzip'd bytes than
+channels-last order.
 """
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ def test_explicit_values_win_over_derived_ones():
     ({"trian": {}}, "trian"),
     ({"data": {"input_size": [250, 192]}}, "heatmap_stride"),
     ({"codec": {"blur_kernel": 4}}, "codec.blur_kernel"),
+    ({"codec": {"decode_jit_compile": "yes"}}, "codec.decode_jit_compile"),
     ({"dataset": "h36m"}, "dataset"),
     ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule"),
     ({"augmentation": {"rotation_prob": 1.5}}, "augmentation.rotation_prob"),

@@ -1,8 +1,10 @@
 """ExampleGen DoFns on literal image tasks with TestPipeline / assert_that (in_memory)."""
 import json
 import os
+import zlib
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
@@ -42,3 +44,12 @@ def test_crop_persons_fn_outputs_and_counters(shared_data):
     assert counters["images_read"] == 1
     assert counters["skipped_no_keypoints"] == 2  # selection rules: counted, not dead-lettered
     assert counters["persons_cropped"] == len(expected_keys) == 2
+
+
+def test_shard_compression_is_plain_gzip_with_run_length_strategy():
+    """Z_RLE output is ordinary gzip: zlib/gzip and TF read it back unchanged."""
+    import gzip
+
+    data = bytes(5000) + np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8).tobytes()
+    assert gzip.decompress(example_gen.gzip_bytes(data)) == data
+    assert example_gen.GZIP_STRATEGY == zlib.Z_RLE
