@@ -114,7 +114,7 @@ def _argmax(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     NaN never wins. Ties go to the smallest x, then the smallest y: the order
     in which the TF twin searches channels-last memory cheaply (column maxima
-    first, see :func:`pose.codec_tf._peaks`). Ties only occur on flat or
+    first, see :func:`pose.codec_tf._column_search`). Ties only occur on flat or
     clipped maps; a constant map decodes to (0, 0) either way.
     """
     count, height = maps.shape[0], maps.shape[1]

@@ -180,7 +180,7 @@ def _local_log_modulated(patch: tf.Tensor, original_max: tf.Tensor, kernel_size:
     O(B K k^2) instead of O(B K H W k).
 
     ``fused=True`` writes the separable blur as k shifted multiply-adds per
-    axis, which XLA fuses into one loop (2x faster there than its batched
+    axis, which XLA fuses into one loop (faster there than its batched
     matmul); the graph executor prefers the two band-matrix products.
     """
     radius = kernel_size // 2
@@ -285,7 +285,7 @@ def decode(heatmaps: tf.Tensor, method: str = "dark", blur_kernel: int = 11,
             default) makes this twin agree with NumPy to ~1e-6 px even on
             ill-conditioned (random) maps, where the Hessian is nearly
             singular; use float32 on accelerators without float64 (TPU).
-        jit_compile: run the decoder as one XLA computation (about 1.5x faster
+        jit_compile: run the decoder as one XLA computation (about 1.3x faster
             on this CPU, see ``bench/codec.py``). A graph that contains it needs XLA at
             run time: TensorFlow itself has it, TF Serving does not by default
             (CPU: ``--xla_cpu_compilation_enabled``), so export keeps it off
