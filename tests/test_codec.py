@@ -137,6 +137,22 @@ def test_scattered_nan_never_wins_and_twins_agree(jit_compile):
     np.testing.assert_array_equal(decoded_tf[2, 5], [peak[1], peak[0]])
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("row_offset", [-9, 9])
+def test_a_lone_nan_in_the_peak_column_neither_wins_nor_hides_the_peak(jit_compile, row_offset):
+    # XLA's CPU max may skip a NaN or restart after it; the decoder must not
+    # rely on either (the NaN test reads column sums there).
+    points, heatmaps, _ = _clean((64, 48), 2.0, count=2)
+    px, py = np.round(points[1, 4]).astype(int)
+    heatmaps[1, np.clip(py + row_offset, 0, 63), px, 4] = np.nan
+    decoded_np, scores_np = codec_np.decode(heatmaps, "dark", 11)
+    decoded_tf, scores_tf = (t.numpy() for t in codec_tf.decode(tf.constant(heatmaps), "dark", 11,
+                                                              jit_compile=jit_compile))
+    np.testing.assert_allclose(scores_tf, scores_np, atol=1e-6)
+    np.testing.assert_allclose(decoded_tf, decoded_np, atol=1e-4)
+    np.testing.assert_allclose(decoded_tf[1, 4], points[1, 4], atol=0.01)
+
+
 @pytest.mark.parametrize("decoder", ["numpy", "tf", "tf-xla"])
 def test_ties_go_to_the_smallest_x_then_the_smallest_y(decoder):
     maps = np.zeros((1, 8, 8, 2), np.float32)
@@ -222,5 +238,9 @@ def test_decode_rejects_unknown_method_and_bad_shape():
         codec_np.decode(np.zeros((8, 8, 1)), "mean")
     with pytest.raises(ValueError, match="method"):
         codec_tf.decode(tf.zeros((1, 8, 8, 1)), "mean")
+    with pytest.raises(ValueError, match="method"):
+        codec_tf.decode(tf.zeros((1, 8, 8, 1)), "mean", jit_compile=True)
+    with pytest.raises(ValueError):
+        codec_tf.compiled_decoder("dark", blur_kernel=4)
     with pytest.raises(ValueError, match="heatmaps"):
         codec_np.decode(np.zeros((8, 8)))
