@@ -82,8 +82,10 @@ def modulate(heatmaps: tf.Tensor, kernel_size: int) -> tf.Tensor:
 def _first_argmax(values: tf.Tensor, axis: int) -> tf.Tensor:
     """Index (int32) of the first maximum of NaN-free ``values`` along ``axis``.
 
-    Written as a max and a min over the positions equal to it, which XLA
-    fuses into two plain reductions (its variadic argmax is slow on CPU).
+    Written as a max and a min over the positions equal to it: cheaper than
+    ArgMax in TF's executor, and on the full scan's whole-batch tensor also
+    under XLA (its variadic argmax is slow there on CPU; on the small column
+    tensors the XLA path uses ArgMax, see :func:`_column_search`).
     """
     size = tf.shape(values)[axis]
     largest = tf.reduce_max(values, axis=axis, keepdims=True)
