@@ -8,12 +8,12 @@ Its arguments become the pipeline parameters' defaults, so a compiled spec
 carries the config it was compiled with and every value can be overridden at
 submission time.
 """
-import json
 from typing import Any, Dict, Mapping, Sequence
 
 from kfp import dsl
 
 from pipeline import components as pipeline_components
+from schemas import jsonio
 
 
 def create_pipeline(
@@ -76,7 +76,7 @@ def create_pipeline(
         raise ValueError(f"trainer_accelerator_count must be >= 1 with trainer_accelerator_type "
                          f"{trainer_accelerator_type!r}, got {trainer_accelerator_count!r}")
     ops = pipeline_components.make_components(image)
-    config_default = json.dumps(dict(config), sort_keys=True)
+    config_default = jsonio.dumps(dict(config), sort_keys=True)
     dataset_default = str(config.get("dataset", "coco"))
     beam_default = [str(flag) for flag in beam_args]
 

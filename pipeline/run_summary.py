@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, List, Mapping
 
 from pipeline import stages
+from schemas import jsonio
 
 STAGE_ORDER = ("data", "example_gen", "trainer", "evaluator", "pusher")
 INDEX_JSON = "index.json"
@@ -143,7 +144,7 @@ def format_summary(index: Mapping[str, Any]) -> str:
 def write_index(run_dir: str, index: Mapping[str, Any]) -> None:
     """Writes ``index.json`` and a short ``INDEX.md`` at the top of ``run_dir``."""
     with open(os.path.join(run_dir, INDEX_JSON), "w", encoding="utf-8") as handle:
-        json.dump(index, handle, indent=2, sort_keys=True, default=str)
+        handle.write(jsonio.dumps(index, indent=2, sort_keys=True, default=str))
     lines = [f"# Run {index['run_id']}: {index['verdict']}", ""]
     lines.append("| output | path |")
     lines.append("|---|---|")

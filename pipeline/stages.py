@@ -21,7 +21,9 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
+from pipeline import cli
 from schemas import examples as examples_layout
+from schemas import jsonio
 from schemas.serving import SAVED_MODEL_DIR
 
 STAGE_SUMMARY = "stage_summary.json"
@@ -46,7 +48,7 @@ def _exists(path: str) -> bool:
 def _write_json(directory: str, name: str, payload: Mapping[str, Any]) -> None:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, name), "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write(jsonio.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def check_inputs(stage: str, inputs: Mapping[str, str | None]) -> None:
@@ -119,6 +121,7 @@ def example_gen_stage(examples_dir: str, dataset: str, config: Dict[str, Any], t
               "beam_args": list(beam_args)}
 
     def body():
+        cli.check_beam_flags(beam_args)  # a spec submitted with edited beam_args: fail before any work
         check_inputs("example_gen", {key: inputs[key] for key in (
             "train_annotations", "train_images", "eval_annotations", "eval_images", "det_file")})
         from components.example_gen import run_example_gen
@@ -159,6 +162,7 @@ def evaluator_stage(blessing_dir: str, model_dir: str, examples_dir: str, config
               "beam_args": list(beam_args)}
 
     def body():
+        cli.check_beam_flags(beam_args)
         check_inputs("evaluator", {f"model/{SAVED_MODEL_DIR}": os.path.join(model_dir, SAVED_MODEL_DIR),
                                    "examples/Split-eval": os.path.join(examples_dir, "Split-eval"),
                                    "gt_annotations": gt_annotations})
