@@ -7,6 +7,9 @@ for every supported file they give the same RGB uint8 pixels, bit for bit
 (``tests/test_images.py`` checks every PNG colour type and bit depth, grey,
 RGB and CMYK JPEGs, and the shared ``interop_cases/image_modes`` files), so a
 model sees the same crop in training and in serving.
+The person crops stored in the records (JPEG) are decoded by the TF half as
+well wherever they are read: the trainer's tf.data input, ``serving_default``
+and the evaluator's report.
 
 The rule (both halves):
 

@@ -20,6 +20,7 @@ from components import ingest_core
 from pose import coordinates
 from pose.codec import HeatmapCodec
 from pose.config import build_config
+from pose.images import decode_image_tf
 from records_util import coco_person_records
 from schemas import features, serving
 from schemas.keypoints import get_schema
@@ -170,7 +171,7 @@ def exported(tmp_path_factory, shared_data):
     with tf.io.TFRecordWriter(records_path) as writer:
         for record in records:
             writer.write(features.build_example(record).SerializeToString())
-    crops = tf.cast(tf.stack([tf.io.decode_jpeg(r["image/encoded"], channels=3) for r in records]), tf.float32)
+    crops = tf.cast(tf.stack([decode_image_tf(r["image/encoded"]) for r in records]), tf.float32)
     inputs_path = str(directory / "inputs.npz")
     np.savez(inputs_path, boxes=boxes, crops=crops.numpy(), degenerate_boxes=degenerate_boxes)
     outputs_path = str(directory / "outputs.npz")

@@ -145,7 +145,7 @@ class PoseServingModule(tf.Module):
             encoded = tf.identity(parsed["image/encoded"])
 
         def decode_one(data):
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image = decode_image_tf(data)
             return tf.ensure_shape(image, [height, width, 3])
 
         images = tf.map_fn(decode_one, encoded, fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8))
