@@ -1,0 +1,117 @@
+"""The TFX pipeline definition: PoseExampleGen -> Trainer -> Resolver(baseline) -> PoseEvaluator -> Pusher.
+
+:func:`create_pipeline` takes every value as an argument and returns a
+``tfx.dsl.Pipeline`` without running it; :func:`run_local` runs it with
+``LocalDagRunner`` and ML Metadata in a SQLite file; :func:`metadata_config`
+names that file.
+
+- ExampleGen: :class:`components.tfx_components.PoseExampleGen` (our Beam core).
+- Trainer: TFX's standard ``Trainer`` with ``run_fn=trainer.task.run_fn`` and the
+  loaded YAML config as ``custom_config={"config": ...}``; output ``Model``
+  with ``Format-Serving``.
+- Baseline: a ``Resolver`` with ``LatestBlessedModelStrategy``: the latest
+  blessed model is found through ML Metadata.
+- Evaluator: :class:`components.tfx_components.PoseEvaluator` (our Beam + TFMA
+  core), a standard ``ModelEvaluation`` and ``ModelBlessing``.
+- Pusher: TFX's standard ``Pusher`` to a filesystem destination (local or
+  ``gs://``); it pushes nothing when the blessing says not blessed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from tfx import v1 as tfx
+
+from components.tfx_components import PoseEvaluator, PoseExampleGen
+
+TRAINER_RUN_FN = "trainer.task.run_fn"
+RESOLVER_ID = "latest_blessed_model_resolver"
+METADATA_FILE = "metadata.sqlite"
+
+
+def metadata_config(path: str):
+    """ML Metadata connection config of a SQLite file (created on first use)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+
+
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    config: Mapping[str, Any],
+    train_annotations: str,
+    train_images: str,
+    eval_annotations: str,
+    eval_images: str,
+    push_destination: str,
+    det_file: str = "",
+    gt_annotations: str = "",
+    input_fingerprint: str = "",
+    beam_pipeline_args: Sequence[str] = (),
+    max_steps: int = 0,
+    metadata_path: str | None = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    """Builds the TFX pipeline.
+
+    Args:
+        pipeline_name: TFX pipeline name.
+        pipeline_root: root of the artifacts (local folder or ``gs://``).
+        config: the loaded experiment config (:func:`pose.config.load_config`), with its
+            ``eval.thresholds``; goes to the Trainer's ``custom_config`` and to the components.
+        train_annotations, train_images, eval_annotations, eval_images, det_file: ExampleGen inputs.
+        push_destination: the Pusher's filesystem base directory.
+        gt_annotations: ground truth for the evaluator ("" = rebuilt from the records).
+        input_fingerprint: content hash of the inputs (ExampleGen's cache key).
+        beam_pipeline_args: Beam flags for ExampleGen and the Evaluator.
+        max_steps: caps training steps (0 = the config's schedule).
+        metadata_path: SQLite ML Metadata file (None: the runner supplies the connection).
+        enable_cache: TFX caching.
+
+    Raises:
+        ValueError: an empty required argument or a negative ``max_steps``.
+    """
+    for name, value in (("pipeline_name", pipeline_name), ("pipeline_root", pipeline_root),
+                        ("push_destination", push_destination), ("train_annotations", train_annotations),
+                        ("eval_annotations", eval_annotations)):
+        if not value:
+            raise ValueError(f"{name} must be non-empty, got {value!r}")
+    if int(max_steps) < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps!r}")
+    config = dict(config)
+    example_gen = PoseExampleGen(
+        dataset=str(config.get("dataset", "coco")), config=config, train_annotations=train_annotations,
+        train_images=train_images, eval_annotations=eval_annotations, eval_images=eval_images,
+        det_file=det_file, input_fingerprint=input_fingerprint)
+    trainer = tfx.components.Trainer(
+        run_fn=TRAINER_RUN_FN,
+        examples=example_gen.outputs["examples"],
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=int(max_steps)),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
+        custom_config={"config": config})
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(RESOLVER_ID)
+    evaluator = PoseEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=resolver.outputs["model"], config=config, gt_annotations=gt_annotations)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_destination)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, trainer, resolver, evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_config(metadata_path) if metadata_path else None,
+        beam_pipeline_args=[str(flag) for flag in beam_pipeline_args])
+
+
+def run_local(pipeline: tfx.dsl.Pipeline) -> None:
+    """Runs the pipeline with ``LocalDagRunner`` (raises on a failed component)."""
+    tfx.orchestration.LocalDagRunner().run(pipeline)
