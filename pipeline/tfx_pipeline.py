@@ -51,6 +51,7 @@ def create_pipeline(
     input_fingerprint: str = "",
     beam_pipeline_args: Sequence[str] = (),
     max_steps: int = 0,
+    run_id: str = "",
     metadata_path: str | None = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
@@ -67,6 +68,9 @@ def create_pipeline(
         input_fingerprint: content hash of the inputs (ExampleGen's cache key).
         beam_pipeline_args: Beam flags for ExampleGen and the Evaluator.
         max_steps: caps training steps (0 = the config's schedule).
+        run_id: recorded in the Trainer's ``custom_config``: a new id makes every run train a new
+            model (TFX's cache still reuses ExampleGen's output for unchanged data); "" lets the
+            cache reuse the Trainer's output too.
         metadata_path: SQLite ML Metadata file (None: the runner supplies the connection).
         enable_cache: TFX caching.
 
@@ -90,7 +94,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=int(max_steps)),
         eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
-        custom_config={"config": config})
+        custom_config={"config": config, "run_id": run_id})
     resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),

@@ -146,6 +146,46 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMPILE_DATA_ROOT = "gs://YOUR_BUCKET/data"
+COMPILE_PIPELINE_ROOT = "gs://YOUR_BUCKET/tfx"
+COMPILE_PUSH_DESTINATION = "gs://YOUR_BUCKET/serving/darkpose"
+
+
+def compile_pipeline(args, config: Dict[str, Any]) -> str:
+    """Writes the Kubeflow / Vertex AI pipeline job (KubeflowV2DagRunner) to ``args.compile``.
+
+    The data paths are placeholders under ``gs://YOUR_BUCKET`` (edit them in the spec or
+    recompile); the config travels in the components' parameters.
+    """
+    from tfx import v1 as tfx
+
+    from pipeline import tfx_pipeline
+
+    if args.data == "mpii":
+        paths = {"train_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/train.json",
+                 "train_images": f"{COMPILE_DATA_ROOT}/mpii/images",
+                 "eval_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/valid.json",
+                 "eval_images": f"{COMPILE_DATA_ROOT}/mpii/images",
+                 "gt_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/gt_valid.mat"}
+    else:
+        paths = {"train_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_train2017.json",
+                 "train_images": f"{COMPILE_DATA_ROOT}/coco/images/train2017",
+                 "eval_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_val2017.json",
+                 "eval_images": f"{COMPILE_DATA_ROOT}/coco/images/val2017",
+                 "gt_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_val2017.json"}
+    beam_args = [flag for flag in args.beam_args if not flag.startswith(("--direct_running_mode", "--setup_file"))]
+    pipeline = tfx_pipeline.create_pipeline(
+        pipeline_name=configs.PIPELINE_NAME, pipeline_root=COMPILE_PIPELINE_ROOT, config=config,
+        push_destination=COMPILE_PUSH_DESTINATION, det_file=args.det_file, beam_pipeline_args=beam_args,
+        max_steps=args.max_steps, **paths)
+    path = os.path.abspath(args.compile)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
+        output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
+    runner.run(pipeline)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = local_runner.build_parser()
     parser.add_argument("--no-cache", action="store_true", help="disable TFX caching")
@@ -157,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Names the project's package for remote runners; without it TFX builds an ephemeral sdist.
             args.beam_args.append(f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}")
         config = local_runner.load_run_config(args)
+        if args.compile:
+            print(f"[pipeline] wrote the Kubeflow / Vertex AI pipeline job to {compile_pipeline(args, config)}")
+            return 0
         inputs, data_info = local_runner.resolve_data(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"pipeline: error: {error}", file=sys.stderr)
@@ -172,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipeline_name=configs.PIPELINE_NAME, pipeline_root=os.path.join(runs_dir, TFX_ROOT_SUBDIR), config=config,
         push_destination=destination if "://" in destination else os.path.abspath(destination),
         input_fingerprint=fingerprint, beam_pipeline_args=args.beam_args, max_steps=args.max_steps,
-        metadata_path=metadata_path, enable_cache=not args.no_cache, **inputs)
+        run_id=run_id, metadata_path=metadata_path, enable_cache=not args.no_cache, **inputs)
     print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path}", flush=True)
     error_message = None
     try:

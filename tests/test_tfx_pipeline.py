@@ -1,0 +1,189 @@
+"""The TFX pipeline end to end with LocalDagRunner and ML Metadata (SQLite), on tiny inputs.
+
+One runs folder for the module, so the runs share ML Metadata, the pipeline root and
+the push destination, as two `make demo`s do:
+
+1. tiny synthetic data, 3 steps, gate AP >= 0: BLESSED, pushed, every artifact in MLMD
+   with its lineage (Examples -> Trainer -> Model -> PoseEvaluator -> Pusher);
+2. the same data again: ExampleGen's output is reused from TFX's cache, a new model is
+   trained and the first model is its baseline, found by the Resolver through MLMD;
+3. an impossible threshold: NOT_BLESSED, the Pusher pushes nothing, exit status 1;
+4. a corrupt COCO annotation file: exit status 2 naming the failed component.
+
+Each run is a subprocess (the command a user types), so the exit status is real. Every
+Beam component leaves files in $TMPDIR: the runs use a scratch TMPDIR, removed at the end.
+"""
+import json
+import os
+import shutil
+import sqlite3  # noqa: F401  (the store is a SQLite file)
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CONFIG = os.path.join(ROOT, "configs", "demo.yaml")
+TINY = ("--small-run", "--config", DEMO_CONFIG, "--synthetic-train-images", "10", "--synthetic-val-images", "3")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tfx")
+    scratch = base / "tmp"
+    scratch.mkdir()
+    yield str(base / "runs"), str(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_pipeline(workspace, *flags, timeout=900):
+    runs, scratch = workspace
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=scratch)
+    process = subprocess.run(
+        [sys.executable, "-m", "pipeline.tfx_runner", "--runner=DirectRunner", "--runs-dir", runs, *flags],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+    return process.returncode, process.stdout + process.stderr
+
+
+def read_index(runs, run_id):
+    with open(os.path.join(runs, run_id, "index.json")) as handle:
+        return json.load(handle)
+
+
+def mlmd_record(runs):
+    from pipeline import configs, tfx_runner
+    return tfx_runner.run_record(os.path.join(runs, tfx_runner.METADATA_FILE), configs.PIPELINE_NAME)
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace):
+    code, output = run_pipeline(workspace, *TINY, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3")
+    return code, output, mlmd_record(workspace[0])
+
+
+@pytest.fixture(scope="module")
+def second_run(workspace, first_run):
+    code, output = run_pipeline(workspace, *TINY, "--run-id", "second", "--threshold", "AP=0",
+                                "--max-drop", "AP=1", "--max-steps", "2")
+    return code, output, mlmd_record(workspace[0])
+
+
+def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
+    runs, _ = workspace
+    code, output, record = first_run
+    assert code == 0, output[-4000:]
+    nodes = record["nodes"]
+    assert set(nodes) == {"PoseExampleGen", "Trainer", "latest_blessed_model_resolver", "PoseEvaluator", "Pusher"}
+    assert {node: entry["state"] for node, entry in nodes.items()} == {node: "COMPLETE" for node in nodes}
+    examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
+    assert json.loads(examples["properties"]["split_names"]) == ["train", "eval"]
+    assert examples["properties"]["num_records_train"] >= 20 and examples["properties"]["num_records_eval"] >= 6
+    for split in ("train", "eval"):
+        assert any(name.startswith("data_tfrecord-")
+                   for name in os.listdir(os.path.join(examples["uri"], f"Split-{split}")))
+    # Lineage: the Trainer read these Examples; the Evaluator and Pusher got its Model.
+    assert nodes["Trainer"]["inputs"]["examples"][0]["id"] == examples["id"]
+    model = nodes["Trainer"]["outputs"]["model"][0]
+    assert os.path.exists(os.path.join(model["uri"], "Format-Serving", "saved_model.pb"))
+    assert nodes["PoseEvaluator"]["inputs"]["model"][0]["id"] == model["id"]
+    assert "baseline_model" not in nodes["PoseEvaluator"]["inputs"]
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["blessed"] == 1
+    assert blessing["properties"]["current_model_id"] == model["id"]
+    assert os.path.exists(os.path.join(blessing["uri"], "BLESSED"))
+    evaluation = nodes["PoseEvaluator"]["outputs"]["evaluation"][0]
+    assert os.path.exists(os.path.join(evaluation["uri"], "metrics.json"))
+    assert nodes["Pusher"]["inputs"]["model"][0]["id"] == model["id"]
+    pushed = nodes["Pusher"]["outputs"]["pushed_model"][0]
+    assert pushed["properties"]["pushed"] == 1
+    # The run summary and its index.
+    index = read_index(runs, "first")
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True
+    assert index["baseline"] is None
+    assert os.path.dirname(index["pushed_path"].rstrip("/")) == os.path.join(runs, "serving")
+    assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
+    assert index["lineage"]["model"]["id"] == model["id"]
+    assert index["lineage"]["examples"]["id"] == examples["id"]
+    assert "AP" in index["metrics"]
+
+
+def test_second_run_reuses_examples_and_gates_against_the_first_model(workspace, first_run, second_run):
+    runs, _ = workspace
+    code, output, record = second_run
+    assert code == 0, output[-4000:]
+    first_nodes, nodes = first_run[2]["nodes"], record["nodes"]
+    assert record["run"] != first_run[2]["run"]
+    # Same data: ExampleGen is not re-run, its Examples come from the cache.
+    assert nodes["PoseExampleGen"]["state"] == "CACHED"
+    assert (nodes["PoseExampleGen"]["outputs"]["examples"][0]["id"]
+            == first_nodes["PoseExampleGen"]["outputs"]["examples"][0]["id"])
+    assert "reused from the cache" in output
+    # A new model, evaluated against the first one resolved through MLMD.
+    first_model = first_nodes["Trainer"]["outputs"]["model"][0]
+    model = nodes["Trainer"]["outputs"]["model"][0]
+    assert nodes["Trainer"]["state"] == "COMPLETE" and model["id"] != first_model["id"]
+    assert nodes["latest_blessed_model_resolver"]["outputs"]["model"][0]["id"] == first_model["id"]
+    assert nodes["PoseEvaluator"]["inputs"]["baseline_model"][0]["id"] == first_model["id"]
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["baseline_model_id"] == first_model["id"]
+    with open(os.path.join(blessing["uri"], "blessing.json")) as handle:
+        assert json.load(handle)["change_thresholds_applied"] is True
+    assert read_index(runs, "second")["baseline"]["model_id"] == first_model["id"]
+
+
+def test_impossible_threshold_is_not_blessed_and_nothing_is_pushed(workspace, second_run):
+    runs, _ = workspace
+    before = sorted(os.listdir(os.path.join(runs, "serving")))
+    code, output = run_pipeline(workspace, *TINY, "--run-id", "impossible", "--threshold", "AP=1.01",
+                                "--max-steps", "1")
+    assert code == 1, output[-4000:]
+    record = mlmd_record(runs)
+    blessing = record["nodes"]["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["blessed"] == 0
+    assert os.path.exists(os.path.join(blessing["uri"], "NOT_BLESSED"))
+    assert record["nodes"]["Pusher"]["outputs"]["pushed_model"][0]["properties"]["pushed"] == 0
+    assert sorted(os.listdir(os.path.join(runs, "serving"))) == before
+    index = read_index(runs, "impossible")
+    assert index["verdict"] == "NOT_BLESSED" and index["pushed"] is False
+
+
+def test_corrupt_input_exits_2_naming_the_component(workspace, tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (coco / "images" / split).mkdir(parents=True)
+        (coco / "annotations" / f"person_keypoints_{split}.json").write_text('{"images": [')
+    code, output = run_pipeline(workspace, "--data", "coco", "--coco-root", str(coco), "--small-run",
+                                "--config", DEMO_CONFIG, "--run-id", "corrupt")
+    assert code == 2, output[-4000:]
+    assert "component PoseExampleGen failed" in output
+    assert "person_keypoints_train2017.json" in output
+
+
+def test_compile_writes_a_kubeflow_v2_pipeline_job_with_every_component_and_the_config(tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from pipeline import tfx_runner
+
+    path = tmp_path / "pipeline.json"
+    config_path = os.path.join(ROOT, "configs", "coco", "w32_256x192.yaml")
+    assert tfx_runner.main(["--compile", str(path), "--config", config_path, "--image", "example.org/darkpose:1",
+                            "--threshold", "AP=0.71"]) == 0
+    job = json.loads(path.read_text())
+    spec = json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    tasks = spec.root.dag.tasks
+    assert {"PoseExampleGen", "Trainer", "PoseEvaluator", "Pusher"} <= set(tasks)
+    assert any(name.startswith("latest_blessed_model_resolver") for name in tasks)
+    # The Pusher waits for the Evaluator's blessing; the Evaluator gets the resolved baseline.
+    assert "PoseEvaluator" in tasks["Pusher"].dependent_tasks
+    assert "blessing" in tasks["Pusher"].inputs.artifacts or "model_blessing" in tasks["Pusher"].inputs.artifacts
+    assert "baseline_model" in tasks["PoseEvaluator"].inputs.artifacts
+    # The config (with the flag's threshold) travels in the spec; the image is the component image.
+    evaluator_config = json.loads(
+        tasks["PoseEvaluator"].inputs.parameters["config_json"].runtime_value.constant.string_value)
+    assert evaluator_config["model"]["name"] == "hrnet"
+    assert evaluator_config["eval"]["thresholds"]["AP"]["lower_bound"] == 0.71
+    assert "example.org/darkpose:1" in path.read_text()
