@@ -57,6 +57,16 @@ def _optional(value: str | None) -> str | None:
     return value or None
 
 
+# The config sections ExampleGen reads (the same ones its content hash covers): passing only
+# these keeps TFX's cache key free of training and evaluation settings.
+EXAMPLE_GEN_CONFIG_KEYS = ("dataset", "data", "codec")
+
+
+def example_gen_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of an experiment config that ExampleGen uses."""
+    return {key: config[key] for key in EXAMPLE_GEN_CONFIG_KEYS if key in config}
+
+
 class PoseExampleGenSpec(types.ComponentSpec):
     """COCO / MPII annotations + images -> Examples."""
     PARAMETERS = {
@@ -114,7 +124,7 @@ class PoseExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, *, dataset: str, config: Dict[str, Any], train_annotations: str, train_images: str,
                  eval_annotations: str, eval_images: str, det_file: str = "", input_fingerprint: str = ""):
         spec = PoseExampleGenSpec(
-            dataset=dataset, config_json=json.dumps(dict(config), sort_keys=True),
+            dataset=dataset, config_json=json.dumps(example_gen_config(dict(config)), sort_keys=True),
             train_annotations=train_annotations, train_images=train_images,
             eval_annotations=eval_annotations, eval_images=eval_images, det_file=det_file,
             input_fingerprint=input_fingerprint,

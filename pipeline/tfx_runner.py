@@ -34,8 +34,9 @@ def _store(metadata_path: str):
 
 
 def _properties(artifact) -> Dict[str, Any]:
+    """The artifact's properties (e.g. ``split_names``) and custom properties in one dict."""
     values = {}
-    for name, value in artifact.custom_properties.items():
+    for name, value in list(artifact.properties.items()) + list(artifact.custom_properties.items()):
         kind = value.WhichOneof("value")
         values[name] = getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
     return values

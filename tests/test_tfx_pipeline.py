@@ -183,7 +183,7 @@ def test_compile_writes_a_kubeflow_v2_pipeline_job_with_every_component_and_the_
     assert "baseline_model" in tasks["PoseEvaluator"].inputs.artifacts
     # The config (with the flag's threshold) travels in the spec; the image is the component image.
     evaluator_config = json.loads(
-        tasks["PoseEvaluator"].inputs.parameters["config_json"].runtime_value.constant.string_value)
+        tasks["PoseEvaluator"].inputs.parameters["config_json"].runtime_value.constant_value.string_value)
     assert evaluator_config["model"]["name"] == "hrnet"
     assert evaluator_config["eval"]["thresholds"]["AP"]["lower_bound"] == 0.71
     assert "example.org/darkpose:1" in path.read_text()
