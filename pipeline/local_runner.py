@@ -28,7 +28,9 @@ Exit status: 0 blessed (and pushed), 1 not blessed (nothing pushed), 2 a stage f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import logging
 import os
 import sys
 import time
@@ -205,6 +207,33 @@ def _root(path: str) -> str:
     return path.rstrip("/") if "://" in path else os.path.abspath(path)
 
 
+class _ProgressFilter(logging.Filter):
+    """Lets LocalDagRunner's per-component lines through (as ``[pipeline] ...``), nothing else of absl's INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if message.startswith("Component ") and message.endswith((" is running.", " is finished.")):
+            print(f"[pipeline] {message} ({datetime.datetime.now().strftime('%H:%M:%S')})", flush=True)
+        return False
+
+
+@contextlib.contextmanager
+def _progress_lines():
+    """Per-component progress from LocalDagRunner's log, without the rest of its INFO output."""
+    logger = logging.getLogger("absl")
+    saved = logger.level
+    progress = _ProgressFilter()
+    logger.addFilter(progress)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeFilter(progress)
+        logger.setLevel(saved)
+
+
 TFX_ROOT_SUBDIR = "tfx"
 METADATA_FILE = "metadata.sqlite"
 
@@ -226,7 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Names the project's package; without a dependency flag TFX builds an ephemeral sdist of
             # itself in $TMPDIR for every Beam component.
             args.beam_args.append(f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}")
+        print(f"[data] preparing --data {args.data}", flush=True)
         inputs, data_info = resolve_data(args)
+        data_seconds = time.perf_counter() - clock
+        print(f"[data] ready in {data_seconds:.1f} s", flush=True)
     except (ValueError, FileNotFoundError) as error:
         print(f"pipeline: error: {error}", file=sys.stderr)
         return configs.EXIT_FAILED
@@ -246,11 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path}", flush=True)
     error_message = None
     try:
-        pipeline_definition.run_local(pipeline)
+        with _progress_lines():
+            pipeline_definition.run_local(pipeline)
     except Exception as error:  # a component failed: named from MLMD below
         error_message = f"{type(error).__name__}: {error}"
     summary = run_summary.summarise(run_summary.run_record(metadata_path, configs.PIPELINE_NAME))
     summary["total_s"] = round(time.perf_counter() - clock, 1)
+    summary["stage_times_s"] = {"data": round(data_seconds, 2),
+                                **{node: stage["wall_s"] for node, stage in summary["stages"].items()}}
     summary["run_id"] = run_id
     summary["data"] = data_info
     if error_message:

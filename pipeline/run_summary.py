@@ -50,7 +50,7 @@ def run_record(metadata_path: str, pipeline_name: str, run_context_name: str | N
     if not runs:
         raise ValueError(f"no run of {pipeline_name!r} in {metadata_path}")
     run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
-    executions = store.get_executions_by_context(run.id)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda execution: execution.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     from ml_metadata.proto.metadata_store_pb2 import Event, Execution
 
