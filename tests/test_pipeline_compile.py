@@ -109,3 +109,22 @@ def test_missing_real_data_is_a_clear_error(tmp_path, capsys):
     assert "--coco-root" in capsys.readouterr().err
     # Bad inputs fail before a run directory is made.
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_input_fingerprint_follows_the_real_inputs(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "1.jpg").write_bytes(b"x")
+    annotations = tmp_path / "train.json"
+    annotations.write_text("{}")
+    inputs = {"train_annotations": str(annotations), "train_images": str(images),
+              "eval_annotations": str(annotations), "eval_images": str(images), "det_file": ""}
+    first = local_runner.input_fingerprint(inputs, "a")
+    assert local_runner.input_fingerprint(inputs, "b") == first          # same files: a cache hit
+    annotations.write_text('{"images": []}')
+    changed = local_runner.input_fingerprint(inputs, "a")
+    assert changed != first
+    (images / "2.jpg").write_bytes(b"y")
+    assert local_runner.input_fingerprint(inputs, "a") != changed
+    remote = dict(inputs, train_images="gs://bucket/images")
+    assert local_runner.input_fingerprint(remote, "a") == "run:a"    # not checkable: no cache hit
