@@ -4,8 +4,9 @@
     python pipeline.py --runner=DirectRunner --data coco --coco-root <dir> --config configs/coco/w32_256x192.yaml
     python pipeline.py --compile pipeline.json --image <registry>/darkpose-tf-tfx:<tag>
 
-Unknown flags are Beam flags, passed unchanged to the Beam steps. See
-``docs/pipeline.md`` and ``python pipeline.py --help``.
+Other flags must be Beam pipeline options (checked with Beam's own option
+parser), passed unchanged to the Beam steps; anything else stops the command
+with exit status 2. See ``docs/pipeline.md`` and ``python pipeline.py --help``.
 """
 import os
 import sys
@@ -13,7 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.local_runner import main  # noqa: E402  (after the path set-up)
+from pipeline import cli  # noqa: E402  (after the path set-up)
+from pipeline.local_runner import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="pipeline.py"))

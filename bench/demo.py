@@ -50,7 +50,7 @@ def run_demo(runs_dir: str, run_id: str, extra) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default=None, help="default: a temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the runs directory")
     args, extra = parser.parse_known_args()

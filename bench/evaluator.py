@@ -62,7 +62,7 @@ def timed(function, repeats=3):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--poses", type=int, default=60)
     args = parser.parse_args()

@@ -182,7 +182,7 @@ def storage_table(out_dir: str, config, limit: int = 200) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--replicas", type=int, default=20,
                         help="R: copies of the 32 images / 98 sample persons (>= 6, i.e. >= 500 persons)")
     parser.add_argument("--config", help="experiment config (default: COCO 256x192)")

@@ -96,7 +96,7 @@ def forward_ms_per_image(model, input_size, runs: int) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="*", default=None,
                         help="config files (default: configs/coco/*.yaml and configs/mpii/*.yaml)")
     parser.add_argument("--runs", type=int, default=3, help="timed forward passes per config (median)")

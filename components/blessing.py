@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Mapping
 
 import tensorflow as tf
 
+from schemas import jsonio
+
 BLESSED = "BLESSED"
 NOT_BLESSED = "NOT_BLESSED"
 BLESSING_JSON = "blessing.json"
@@ -96,7 +98,7 @@ def write_blessing(blessing_dir: str, blessing: Mapping[str, Any]) -> Dict[str, 
     tf.io.gfile.makedirs(blessing_dir)
     clear_blessing(blessing_dir)
     record = dict(blessing)
-    _atomic_write(os.path.join(blessing_dir, BLESSING_JSON), json.dumps(record, indent=2, sort_keys=True, default=float))
+    _atomic_write(os.path.join(blessing_dir, BLESSING_JSON), jsonio.dumps(record, indent=2, sort_keys=True, default=float))
     _atomic_write(os.path.join(blessing_dir, BLESSED if record["blessed"] else NOT_BLESSED), "")
     return record
 

@@ -38,6 +38,7 @@ import tensorflow as tf
 from components import blessing as blessing_lib
 from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
 from schemas import examples as examples_layout
+from schemas import jsonio
 from schemas import features as record_features
 from schemas import serving
 from schemas.keypoints import get_schema
@@ -50,7 +51,12 @@ _TOLERANCE = 1e-9
 
 
 def resolve_baseline(push_destination: str) -> str | None:
-    """The latest blessed, completely pushed model directory under ``push_destination``, or ``None``."""
+    """The latest blessed, completely pushed model directory under ``push_destination``, or ``None``.
+
+    Reads our Pusher's layout (``PUSH_COMPLETE`` + ``push_record.json``) and TFX's
+    standard Pusher's (``<unix time>/saved_model.pb``): see
+    :func:`components.pusher.latest_blessed_version`.
+    """
     if not push_destination:
         return None
     return pusher.latest_blessed_version(push_destination)
@@ -81,9 +87,12 @@ def eval_file_pattern(examples_dir: str) -> str:
 # --------------------------------------------------------------------------
 
 def _person_size(annotation_id: int, gt_area: float, scale: np.ndarray, padding: float) -> str:
-    if annotation_id >= 0:
-        return metrics_coco.person_size(gt_area)
+    """COCO size slice of a record: its GT area (the :func:`metrics_coco.oks_area` rule for records
+    without one, as :func:`metrics_coco.ground_truth_from_persons`), or the box area for detector boxes."""
     box = np.asarray(scale, np.float64) / padding
+    if annotation_id >= 0:
+        area, _ = metrics_coco.oks_area(float(gt_area), [0.0, 0.0, float(box[0]), float(box[1])])
+        return metrics_coco.person_size(area)
     return metrics_coco.person_size(float(box[0] * box[1]))
 
 
@@ -119,7 +128,7 @@ class InferenceFn(beam.DoFn):
         if parsed is not None:
             letter["image_id"] = int(parsed["image/id"][index])
             letter["annotation_id"] = int(parsed["annotation/id"][index])
-        return beam.pvalue.TaggedOutput(self.DEAD_LETTER, json.dumps(letter))
+        return beam.pvalue.TaggedOutput(self.DEAD_LETTER, jsonio.dumps(letter, nonfinite=jsonio.NONFINITE_STRING))
 
     def process(self, batch: List[bytes]) -> Iterator[Any]:
         try:
@@ -300,7 +309,9 @@ def _direct_metrics(dataset: str, persons: Sequence[Mapping[str, Any]], options:
             rescore_threshold=options["rescore_threshold"], nms_threshold=options["nms_threshold"],
             soft_nms=options["soft_nms"], restrict_to_result_images=options["restrict_to_eval_images"])
         return {"metrics": {name: stats[name] for name in tfma_metrics.COCO_METRIC_NAMES},
-                "per_keypoint": per_keypoint, "results": results, "extra": {"num_results": stats["num_results"]}}
+                "per_keypoint": per_keypoint, "results": results,
+                "extra": {"num_results": stats["num_results"],
+                          metrics_coco.AREA_FROM_BOX: int(stats.get(metrics_coco.AREA_FROM_BOX, 0))}}
     converted = tfma_metrics.persons_from_joined(persons)
     table = metrics_mpii.pckh_table(np.stack([p["keypoints"] for p in converted]),
                                     np.stack([p["gt_keypoints"] for p in converted]),
@@ -316,7 +327,10 @@ def _format_check(row: Mapping[str, Any]) -> str:
     if row["kind"] == "max_drop":
         return f"{row['metric']} change {value} < -{-row['bound']:.4f} (max_drop)"
     relation = "<" if row["kind"] == "lower_bound" else ">"
-    return f"{row['metric']} = {value} {relation} {row['kind']} {row['bound']:.4f}"
+    text = f"{row['metric']} = {value} {relation} {row['kind']} {row['bound']:.4f}"
+    if row["value"] == -1:
+        text += " (pycocotools' -1: no ground-truth person in that size range)"
+    return text
 
 
 def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], output_dir: str,
@@ -341,7 +355,9 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         ``checks``, ``reasons``, ``skipped``, ``slices``, ...).
 
     Raises:
-        ValueError: bad config/thresholds, MPII without ``gt_annotations``, no evaluable record.
+        ValueError: bad config/thresholds, MPII without ``gt_annotations``, a malformed
+            ``gt_annotations`` file (checked before inference; the message names the entry),
+            no evaluable record.
         FileNotFoundError: missing model or records.
     """
     dataset = config["dataset"]
@@ -356,6 +372,11 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
                          "the records carry no head boxes")
     if gt_annotations and not tf.io.gfile.exists(gt_annotations):
         raise FileNotFoundError(f"gt_annotations {gt_annotations} does not exist")
+    if gt_annotations:  # fail fast, before any inference: the message names the file and the bad entry
+        if dataset == "coco":
+            metrics_coco.load_ground_truth(gt_annotations)
+        else:
+            metrics_mpii.load_gt_valid(gt_annotations)
     candidate_path = pusher.saved_model_path(model_dir)
     baseline_path = pusher.saved_model_path(baseline_model_dir) if baseline_model_dir else None
     pattern = eval_file_pattern(examples_dir)
@@ -411,7 +432,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
 
     if direct["results"] is not None:
         with tf.io.gfile.GFile(os.path.join(evaluation_dir, "keypoint_results.json"), "w") as handle:
-            handle.write(json.dumps(direct["results"]))
+            handle.write(jsonio.dumps(direct["results"]))
     record = {
         "blessed": blessed,
         "dataset": dataset,
@@ -429,11 +450,13 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         "tfma_failures": tfma_result["failures"],
         "num_persons": inference["num_persons"],
         "skipped": inference["skipped"],
+        # GT persons whose OKS area came from their box (no annotation area; metrics_coco.oks_area)
+        metrics_coco.AREA_FROM_BOX: int(direct["extra"].get(metrics_coco.AREA_FROM_BOX, 0)),
         "gt_annotations": gt_annotations,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     with tf.io.gfile.GFile(os.path.join(evaluation_dir, "metrics.json"), "w") as handle:
-        handle.write(json.dumps({"metrics": direct["metrics"], "extra": direct["extra"],
+        handle.write(jsonio.dumps({"metrics": direct["metrics"], "extra": direct["extra"],
                                  "per_keypoint": direct["per_keypoint"], "slices": tfma_result["slices"],
                                  "baseline_metrics": baseline_metrics}, indent=2, default=float))
     try:

@@ -1,6 +1,7 @@
 """ExampleGen: COCO / MPII annotations -> person-crop TFRecords, on Apache Beam.
 
-Command line (at least one split; Beam flags pass through unchanged)::
+Command line (at least one split; Beam flags pass through unchanged, any other
+flag stops the command with exit status 2, see ``pipeline/cli.py``)::
 
     python -m components.example_gen --dataset coco \\
         --train-annotations person_keypoints_train2017.json --train-images train2017/ \\
@@ -47,7 +48,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from components import ingest_core as core
+from pipeline import cli
 from schemas import examples as examples_layout
+from schemas import jsonio
 
 RECORDS_PER_SHARD = 1000
 """Shard size target when ``data.num_shards`` is None (about 30 MB at 256x192)."""
@@ -64,7 +67,8 @@ COUNTER_NAMESPACE = "example_gen"
 
 
 def _dumps(entry: Mapping[str, Any]) -> str:
-    return json.dumps(entry, sort_keys=True, default=float)
+    # Dead letters keep what the bad input held: a NaN box coordinate is written as "NaN".
+    return jsonio.dumps(entry, nonfinite=jsonio.NONFINITE_STRING, sort_keys=True)
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +181,7 @@ class WriteStatsFn(beam.DoFn):
         stats = {"shards": shards, "digests": [list(digest) for digest in digests],
                  "dead_letter": [json.loads(line) for line in dead]}
         with tf.io.gfile.GFile(f"{self._root}/{STATS_FILE}", "w") as handle:
-            handle.write(json.dumps(stats, sort_keys=True))
+            handle.write(jsonio.dumps(stats, nonfinite=jsonio.NONFINITE_STRING, sort_keys=True))
         yield self._root
 
 
@@ -200,7 +204,9 @@ def write_tasks(tasks: Sequence[Mapping[str, Any]], path: str) -> None:
     gfile = core._gfile()
     with gfile.GFile(path, "w") as handle:
         for task in tasks:
-            handle.write(json.dumps(task, sort_keys=True) + "\n")
+            # Strict JSON: a non-finite box coordinate travels as "NaN"/"Infinity", which
+            # np.asarray(..., dtype=float64) reads back as the float (crop_persons, clip_boxes).
+            handle.write(jsonio.dumps(task, nonfinite=jsonio.NONFINITE_STRING, sort_keys=True) + "\n")
 
 
 def build_pipeline(pipeline: beam.Pipeline, tasks_file: str, config: Mapping[str, Any],
@@ -363,6 +369,8 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
         ``skipped_by_split``, ``num_shards``, ``schema_version``,
         ``input_size``, ``heatmap_size``, ``sigma``, ``num_joints``,
         ``dataset``, ``box_source``, ``sources``, ``images_read``,
+        ``area_from_box`` ``{split: n}`` (annotations without ``area`` whose OKS
+        area was derived from the box, :func:`components.metrics_coco.oks_area`),
         ``content_hash``, ``heatmap_storage``, ``dead_letter``.
 
     Raises:
@@ -458,6 +466,8 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "box_source": {split: ("detector" if split == "eval" and det_file else "ground_truth")
                            for split in loaded},
             "det_score_threshold": float(data["det_score_threshold"]) if det_file else None,
+            # ground-truth annotations without area: OKS area = 0.53 * box w * h (metrics_coco.oks_area)
+            "area_from_box": {split: int(loaded[split].get("area_from_box", 0)) for split in loaded},
             "images_read": {split: sum(1 for digest in stats["digests"] if digest[0] == split)
                             for split in loaded},
             "sources": sources,
@@ -466,7 +476,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "dead_letter_count": len(stats["dead_letter"]),
         }
         with gfile.GFile(f"{tmp_dir}/{examples_layout.MANIFEST_FILE}", "w") as handle:
-            handle.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            handle.write(jsonio.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _publish(tmp_dir, out_dir, [examples_layout.SPLIT_DIR.format(split=split) for split in loaded] + [DEAD_LETTER])
         return manifest
     finally:
@@ -478,10 +488,12 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
 # --------------------------------------------------------------------------
 
 def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.example_gen", allow_abbrev=False,
+    """Our flags and the Beam flags; exits 2 naming any flag that is neither (see ``pipeline/cli.py``)."""
+    parser = cli.ArgumentParser(
+        prog="python -m components.example_gen",
         description="COCO/MPII annotations -> person-crop TFRecords (TFX layout) with DARK heatmaps. "
-                    "Unknown flags are passed to Beam unchanged.")
+                    "Other flags must be Beam pipeline options (checked by Beam's option parser); "
+                    "they are passed to Beam unchanged.")
     parser.add_argument("--dataset", required=True, choices=("coco", "mpii"))
     parser.add_argument("--train-annotations", help="COCO keypoints JSON or HRNet MPII JSON (train split)")
     parser.add_argument("--train-images", help="image folder of the train split (local or gs://)")
@@ -494,7 +506,7 @@ def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--config", help="experiment config YAML (default: built-in defaults for the dataset)")
     parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
     parser.add_argument("--num-shards", type=int, help="overrides data.num_shards")
-    return parser.parse_known_args(argv)
+    return parser.parse_args_and_beam_flags(argv)
 
 
 def default_config(dataset: str, overrides: Mapping[str, Any] | None = None) -> Dict[str, Any]:
@@ -528,11 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_images=args.eval_images, det_file=args.det_file, beam_args=beam_args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"example_gen: error: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps({"out": args.out, "splits": manifest["splits"], "skipped": manifest["skipped"],
+        return 2
+    print(jsonio.dumps({"out": args.out, "splits": manifest["splits"], "skipped": manifest["skipped"],
                       "content_hash": manifest["content_hash"]}, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m components.example_gen"))

@@ -43,6 +43,7 @@ keypoint_outside_image        joint  labelled keypoint outside the image (joint 
 unsafe_file_name              image  absolute path or ``..`` in ``file_name``
 missing_image                 image  file not found
 corrupt_image                 image  undecodable or truncated file
+unsupported_image_format      image  an image, but neither JPEG nor PNG (:mod:`pose.images`)
 image_too_large               image  header claims > ``data.max_image_pixels`` pixels
 image_size_mismatch           image  decoded size differs from the JSON's width/height
 ============================  =====  ==============================================
@@ -64,7 +65,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from components import metrics_coco
 from pose import coordinates
+from pose.images import pillow_to_rgb8, sniff_format
 from schemas import features
 from schemas.keypoints import get_schema
 
@@ -76,12 +79,13 @@ SKIP_NOT_PERSON = "not_person"
 SKIP_DET_SCORE = "det_score_below_threshold"
 SKIP_MALFORMED = "malformed_annotation"
 SKIP_UNKNOWN_IMAGE = "unknown_image"
-SKIP_INVALID_BOX = "invalid_box"
-SKIP_BOX_OUTSIDE = "box_outside_image"
+SKIP_INVALID_BOX = coordinates.BOX_STATUS[coordinates.BOX_INVALID]          # "invalid_box"
+SKIP_BOX_OUTSIDE = coordinates.BOX_STATUS[coordinates.BOX_OUTSIDE_IMAGE]    # "box_outside_image"
 SKIP_KEYPOINT_OUTSIDE = "keypoint_outside_image"
 SKIP_UNSAFE_NAME = "unsafe_file_name"
 SKIP_MISSING_IMAGE = "missing_image"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
+SKIP_UNSUPPORTED_FORMAT = "unsupported_image_format"
 SKIP_IMAGE_TOO_LARGE = "image_too_large"
 SKIP_SIZE_MISMATCH = "image_size_mismatch"
 
@@ -227,6 +231,13 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
     ``score >= data.det_score_threshold``; its keypoints are zero with
     visibility 0, ``annotation_id = -1``, ``area`` = box area.
 
+    Area of ground-truth persons (``person/area``, the OKS normaliser): the
+    annotation's ``area``; when it is missing (or zero, negative, non-finite),
+    ``0.53 * w * h`` of its box, the rule of :func:`components.metrics_coco.oks_area`
+    shared with the Evaluator and ``pipeline.score``; such annotations are counted
+    in the result's ``area_from_box`` (the manifest's ``area_from_box``). A
+    non-numeric ``area`` is a ``malformed_annotation``.
+
     Args:
         split: ``"train"`` or ``"eval"``.
         annotations: COCO ``person_keypoints_*.json`` (local or gs://).
@@ -237,7 +248,8 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
 
     Returns:
         ``{"tasks": [image task, ...] sorted by image id, "selection_skips":
-        {reason: n}, "planned": persons, "sources": {role: {path, sha256}}}``.
+        {reason: n}, "planned": persons, "sources": {role: {path, sha256}},
+        "area_from_box": n}``.
 
     Raises:
         InputError: a file is missing or malformed.
@@ -251,6 +263,7 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
     selection: Counter = Counter()
     unknown = _new_task(split, "coco", -1, None, None, None, None)
     unknown["skips"].extend(loose_skips)
+    areas_from_box = 0  # selected annotations whose OKS area was derived from their box
 
     if det_file is None:
         for position, ann in enumerate(data["annotations"]):
@@ -271,12 +284,17 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
             try:
                 points, visibility = _coco_keypoints(ann["keypoints"], num_joints)
                 box = [_number(v) for v in ann["bbox"]]
-                area = _number(ann.get("area", 0.0))
+                if ann.get("area") is not None:
+                    _number(ann["area"])  # a non-number area is malformed; a missing one is derived below
                 if len(box) != 4:
                     raise ValueError("bbox must have 4 numbers")
             except (KeyError, TypeError, ValueError):
                 unknown["skips"].append(_skip(SKIP_MALFORMED, split=split, annotation_id=ann_id))
                 continue
+            try:  # the one area rule (metrics_coco.oks_area): no usable area -> 0.53 * box w * h, counted
+                area, area_derived = metrics_coco.oks_area(ann.get("area"), box)
+            except ValueError:  # no area and an impossible box: skipped as invalid_box when cropping
+                area, area_derived = 0.0, False
             if not np.any(visibility > 0):
                 selection[SKIP_NO_KEYPOINTS] += 1
                 continue
@@ -284,6 +302,7 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
                 unknown["skips"].append(_skip(SKIP_UNKNOWN_IMAGE, split=split, annotation_id=ann_id,
                                               image_id=image_id))
                 continue
+            areas_from_box += int(area_derived)
             tasks[image_id]["persons"].append({
                 "annotation_id": ann_id, "box_index": 0, "bbox": box, "score": 1.0, "area": area,
                 "keypoints": points.tolist(), "visibility": visibility.tolist(), "require_keypoints": True})
@@ -323,7 +342,9 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
                 "keypoints": [[0.0, 0.0]] * num_joints, "visibility": [0] * num_joints,
                 "require_keypoints": False})
 
-    return _finish(tasks, unknown, selection, sources)
+    result = _finish(tasks, unknown, selection, sources)
+    result[metrics_coco.AREA_FROM_BOX] = areas_from_box
+    return result
 
 
 def _finish(tasks: Dict[int, Dict[str, Any]], unknown: Dict[str, Any], selection: Counter,
@@ -416,22 +437,38 @@ def load_mpii(split: str, annotations: str, images_dir: str, config: Mapping[str
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decodes an encoded image to RGB uint8 (H, W, 3) with safety checks.
 
-    The header is read first; an image claiming more than ``max_pixels``
-    pixels is rejected before any pixel is decoded (decompression bombs).
-    Truncated or corrupt files raise instead of returning partial pixels.
-    EXIF orientation is ignored, as COCO's annotations are on the raw pixels.
+    Pixels follow :mod:`pose.images`, the rule the serving signature
+    ``predict_image`` applies in its graph (bit-identical pixels for the same
+    file): JPEG (accurate integer IDCT) and PNG of any colour type and bit
+    depth (16-bit scaled to 8 by the high byte, alpha dropped); EXIF
+    orientation is ignored, as COCO's annotations are on the raw pixels.
+    Other formats are rejected by their magic bytes. The header is read
+    first; an image claiming more than ``max_pixels`` pixels is rejected
+    before any pixel is decoded (decompression bombs). Truncated or corrupt
+    files raise instead of returning partial pixels.
 
     Raises:
-        ImageError: ``corrupt_image`` or ``image_too_large``.
+        ImageError: ``unsupported_image_format``, ``corrupt_image`` or ``image_too_large``.
     """
     from PIL import Image  # Pillow reads the header lazily and raises on truncation
 
     if not data:
         raise ImageError(SKIP_CORRUPT_IMAGE, "empty file")
+    image_format = sniff_format(data)
+    if image_format is None:
+        try:  # name the format when Pillow knows it (GIF, BMP, TIFF, WebP, ...); header only
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                other = Image.open(io.BytesIO(data)).format
+        except Exception:  # noqa: BLE001 -- any failure here means "not an image we can name"
+            raise ImageError(SKIP_CORRUPT_IMAGE, f"not an image (unrecognised first bytes {bytes(data[:8])!r})") from None
+        raise ImageError(SKIP_UNSUPPORTED_FORMAT,
+                         f"{other} image; supported formats: JPEG, PNG (pose/images.py, the serving decoder's rule)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", UserWarning)  # palette + tRNS conversion notice
+            image = Image.open(io.BytesIO(data), formats=[image_format.upper()])
             width, height = image.size
             if width < 1 or height < 1:
                 raise ImageError(SKIP_CORRUPT_IMAGE, f"header claims size {width}x{height}")
@@ -439,9 +476,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                 raise ImageError(SKIP_IMAGE_TOO_LARGE,
                                  f"header claims {width}x{height} pixels > data.max_image_pixels={max_pixels}")
             image.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            pixels = np.asarray(image)
+            pixels = pillow_to_rgb8(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
@@ -449,8 +484,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
                                                f"pixels ({error})") from None
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as error:
         raise ImageError(SKIP_CORRUPT_IMAGE, f"cannot decode: {error}") from None
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ImageError(SKIP_CORRUPT_IMAGE, f"decoded to shape {pixels.shape}")
+    if pixels.shape != (height, width, 3):
+        raise ImageError(SKIP_CORRUPT_IMAGE, f"decoded to shape {pixels.shape}, header says {width}x{height}")
     return pixels
 
 
@@ -476,27 +511,17 @@ def read_image(path: str, max_pixels: int) -> Tuple[np.ndarray, str]:
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
     """Clips COCO ``[x, y, w, h]`` boxes (N, 4) to the pixel-centre extent of an image.
 
-    The corners are clipped to ``[0, W-1] x [0, H-1]`` (mmpose's rule in our
-    pixel-centre frame).
+    The rule is :func:`pose.coordinates.clip_boxes` (shared with the serving
+    signature ``predict_image``): corners clipped to ``[0, W-1] x [0, H-1]``.
 
     Returns:
         ``(clipped (N, 4) float64, reason (N,) object)`` with reason None for
-        kept boxes, ``invalid_box`` or ``box_outside_image`` otherwise.
+        kept boxes, ``invalid_box`` or ``box_outside_image`` otherwise
+        (clipped rows of skipped boxes are zeros).
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    finite = np.all(np.isfinite(boxes), axis=1)
-    safe = np.where(finite[:, None], boxes, 0.0)
-    positive = finite & (safe[:, 2] > 0) & (safe[:, 3] > 0)
-    x1 = np.clip(safe[:, 0], 0, width - 1)
-    y1 = np.clip(safe[:, 1], 0, height - 1)
-    x2 = np.clip(safe[:, 0] + safe[:, 2], 0, width - 1)
-    y2 = np.clip(safe[:, 1] + safe[:, 3], 0, height - 1)
-    clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
-    inside = (x2 > x1) & (y2 > y1)
-    reason = np.full(len(boxes), None, dtype=object)
-    reason[positive & ~inside] = SKIP_BOX_OUTSIDE
-    reason[~positive] = SKIP_INVALID_BOX
-    return clipped, reason
+    clipped, status = coordinates.clip_boxes(boxes, width, height)
+    names = np.asarray([None, SKIP_INVALID_BOX, SKIP_BOX_OUTSIDE], dtype=object)
+    return clipped, names[status]
 
 
 def encode_crop(crop: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:

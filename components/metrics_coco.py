@@ -16,6 +16,15 @@ The pipeline mirrors the reference top-down evaluation (HRNet / mmpose):
 rescoring (box score x mean of keypoint scores above 0.2), per-image OKS-NMS
 at 0.9 (or soft-OKS-NMS), then ``COCOeval(iouType="keypoints")``.
 
+Files written by others are checked before pycocotools sees them
+(:func:`prepare_ground_truth`, :func:`normalise_results`): integer-string ids
+are converted, bad entries raise ``ValueError`` naming the file and entry, a
+missing ``area`` follows the one rule :func:`oks_area` (``0.53 * w * h`` of the
+box, as xtcocotools / mmpose), and results are put in the fixed order of
+:func:`result_sort_key` so that equal scores never make the AP depend on the
+input order. Stats are pycocotools' own, ``-1`` included (no ground truth in an
+area range).
+
 Example:
 
     stats, per_keypoint = evaluate_results(gt_json, results)  # results: COCO json list
@@ -27,6 +36,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -43,6 +53,58 @@ PERSON_SIZE_RANGES: Dict[str, Tuple[float, float]] = {
 """COCO keypoint area ranges (pixels^2); COCO keypoints have no 'small' range."""
 
 _EPSILON = np.spacing(1)
+
+AREA_FROM_BOX_FACTOR = 0.53
+"""OKS area of a person annotation that has no usable ``area``: ``0.53 * w * h`` of its box.
+
+The factor is xtcocotools' (``COCOeval`` with ``use_area=False``, or an annotation
+without ``area``), the COCO evaluator of mmpose for datasets without areas
+(CrowdPose, AIC): about the share of a person's box covered by its segmentation.
+"""
+
+AREA_FROM_BOX = "area_from_box"
+"""Name of the count of annotations whose OKS area was derived (manifest, notes, metrics)."""
+
+
+def oks_area(area: Any, bbox: Any) -> Tuple[float, bool]:
+    """The OKS normaliser (pixels^2) of one person annotation, and whether it was derived.
+
+    The one rule for a missing area, applied the same way by ExampleGen (the
+    record's ``person/area``), the Evaluator's ground truth rebuilt from records
+    and :mod:`pipeline.score`: a finite ``area > 0`` is used as given; a missing
+    (``None``), zero, negative or non-finite one is replaced by
+    ``AREA_FROM_BOX_FACTOR * w * h`` of ``bbox`` ``[x, y, w, h]`` (image pixels),
+    as xtcocotools / mmpose do. Callers count the derived ones (:data:`AREA_FROM_BOX`).
+
+    Args:
+        area: the annotation's ``area`` value (may be ``None``).
+        bbox: the annotation's ``bbox`` ``[x, y, w, h]`` (only read when the area is derived).
+
+    Returns:
+        ``(area, derived)``.
+
+    Raises:
+        ValueError: ``area`` is not a number (e.g. a string), or it must be derived
+            and ``bbox`` is not 4 finite numbers with ``w, h > 0``.
+    """
+    if area is not None:
+        if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
+            raise ValueError(f"area {area!r} is not a number")
+        if math.isfinite(float(area)) and float(area) > 0:
+            return float(area), False
+    try:
+        if isinstance(bbox, (str, bytes)) or bbox is None or len(bbox) != 4:
+            raise ValueError
+        values = [float(v) for v in bbox if not isinstance(v, (bool, str, bytes))]
+        if len(values) != 4:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"no usable area ({area!r}) and bbox {bbox!r} is not [x, y, w, h]") from None
+    width, height = values[2], values[3]
+    if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
+        raise ValueError(f"no usable area ({area!r}) and bbox {list(bbox)!r} has no positive finite w, h "
+                         "to derive it from")
+    return AREA_FROM_BOX_FACTOR * width * height, True
 
 
 def person_size(area: float) -> str:
@@ -194,7 +256,9 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
 
     Returns:
         COCO results: ``[{"image_id", "category_id", "keypoints": [x, y, s]*K, "score"}]``,
-        sorted by image id then descending score.
+        in the order of :func:`result_sort_key` (image id, descending score, keypoint
+        triplets). Equal-score ties in NMS and COCOeval are broken by that content key (then
+        area and box score), so the output does not depend on the order of ``persons``.
     """
     if nms_threshold is not None and not 0.0 < nms_threshold <= 1.0:
         raise ValueError(f"nms_threshold must be in (0, 1] or None, got {nms_threshold!r}")
@@ -209,6 +273,19 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
     box_scores = np.asarray([float(p.get("box_score", 1.0)) for p in persons])
     areas = np.asarray([float(p["area"]) for p in persons])
     pose_scores = rescore(joint_scores, box_scores, rescore_threshold)
+    # A fixed order before NMS (whose ties go to the first pose) and COCOeval (whose
+    # stable sort keeps ties in input order): the verdict must not depend on Beam's order.
+    # The key is result_sort_key's (image, -score, keypoint triplets), then area and box score.
+    triplets_all = np.concatenate([keypoints, joint_scores[..., None]], axis=-1).reshape(len(persons), -1)
+
+    def person_key(i: int) -> Tuple[Any, ...]:
+        return (int(image_ids[i]), -float(pose_scores[i]), triplets_all[i].tolist(), float(areas[i]),
+                -float(box_scores[i]))
+
+    order = sorted(range(len(persons)), key=person_key)
+    order = np.asarray(order, np.int64)
+    image_ids, keypoints, joint_scores = image_ids[order], keypoints[order], joint_scores[order]
+    areas, pose_scores = areas[order], pose_scores[order]
     results: List[Dict[str, Any]] = []
     for image_id in np.unique(image_ids):
         index = np.flatnonzero(image_ids == image_id)
@@ -230,31 +307,154 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
                 "keypoints": [float(v) for v in triplets.ravel()],
                 "score": float(score),
             })
+    results.sort(key=result_sort_key)  # soft-NMS decays scores: re-establish the canonical order
     return results
+
+
+def result_sort_key(result: Mapping[str, Any]) -> Tuple[Any, ...]:
+    """The fixed order of COCO results: image id, descending score, category, then the keypoint
+    triplets, so equal scores are matched in the same order whatever order the input came in."""
+    return (int(result["image_id"]), -float(result["score"]), int(result.get("category_id", 1)),
+            [float(v) for v in result["keypoints"]])
 
 
 # --------------------------------------------------------------------------
 # Ground truth
 # --------------------------------------------------------------------------
 
+def _integer_id(value: Any, what: str) -> int:
+    """An id as int: ints, integral floats and integer strings (``"785"``); ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} {value!r} is not an integer id")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        try:
+            return int(value.strip())
+        except ValueError:  # e.g. "--5"
+            pass
+    raise ValueError(f"{what} {value!r} is not an integer id")
+
+
+def prepare_ground_truth(dataset: Mapping[str, Any], source: str = "ground truth",
+                         ) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """Checks a COCO keypoint ground-truth dict and fills what pycocotools would trip on.
+
+    * ``images[].id``, ``annotations[].image_id``/``id``/``category_id``,
+      ``categories[].id``: integers (integer strings are converted).
+    * ``area``: the rule of :func:`oks_area` (missing/unusable -> ``0.53 * w * h`` of the box).
+    * ``iscrowd`` missing -> 0; ``num_keypoints`` missing -> the count of labelled keypoints
+      (as mmpose does).
+
+    Args:
+        dataset: the loaded COCO json (not modified; a deep copy is returned).
+        source: the file name, for messages.
+
+    Returns:
+        ``(dataset copy, notes)``; ``notes`` counts ``area_from_box``, ``num_keypoints_filled``,
+        ``ids_converted``.
+
+    Raises:
+        ValueError: ``"<source>: annotations[i] (id N): <what is wrong>"`` for the first bad entry,
+            or a missing ``images``/``annotations``/``categories`` list.
+    """
+    if not isinstance(dataset, Mapping):
+        raise ValueError(f"{source}: a COCO ground truth must be a JSON object, got {type(dataset).__name__}")
+    dataset = copy.deepcopy(dict(dataset))
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise ValueError(f"{source}: COCO ground truth is missing the {key!r} list")
+    notes = {AREA_FROM_BOX: 0, "num_keypoints_filled": 0, "ids_converted": 0}
+    keypoint_categories = set()
+
+    def as_id(entry: Dict[str, Any], key: str, where: str) -> None:
+        if key not in entry:
+            raise ValueError(f"{source}: {where}: missing {key!r}")
+        try:
+            value = _integer_id(entry[key], f"{where}: {key}")
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        notes["ids_converted"] += int(not isinstance(entry[key], (int, np.integer)))
+        entry[key] = value
+
+    for key in ("images", "categories"):
+        for index, entry in enumerate(dataset[key]):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{source}: {key}[{index}] is not an object")
+            as_id(entry, "id", f"{key}[{index}]")
+            if key == "categories" and entry.get("keypoints"):
+                keypoint_categories.add(entry["id"])
+    for index, ann in enumerate(dataset["annotations"]):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{source}: annotations[{index}] is not an object")
+        as_id(ann, "id", f"annotations[{index}]")
+        where = f"annotations[{index}] (id {ann['id']})"
+        as_id(ann, "image_id", where)
+        as_id(ann, "category_id", where)
+        ann.setdefault("iscrowd", 0)
+        keypoints = ann.get("keypoints")
+        if keypoints is None and ann["category_id"] not in keypoint_categories:
+            keypoints = []  # another category's object: no keypoints to check
+        elif not isinstance(keypoints, list) or len(keypoints) % 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in keypoints):
+            raise ValueError(f"{source}: {where}: keypoints must be a list of [x, y, v] finite numbers")
+        if "num_keypoints" not in ann:
+            ann["num_keypoints"] = int(np.count_nonzero(np.asarray(keypoints, np.float64)[2::3] > 0))
+            notes["num_keypoints_filled"] += 1
+        try:
+            ann["area"], derived = oks_area(ann.get("area"), ann.get("bbox"))
+        except ValueError as error:
+            raise ValueError(f"{source}: {where}: {error}") from None
+        notes[AREA_FROM_BOX] += int(derived)
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise ValueError(f"{source}: {where}: bbox {bbox!r} is not [x, y, w, h] (pycocotools needs it)")
+    return dataset, notes
+
+
+def _open_text(path: str):
+    """A text file handle for a local path or a URL-style path (``gs://``) through ``tf.io.gfile``."""
+    if "://" in path:
+        import tensorflow as tf  # only for remote paths: this module stays TensorFlow-free otherwise
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path} does not exist")
+        return tf.io.gfile.GFile(path, "r")
+    return open(path, encoding="utf-8")
+
+
 def load_ground_truth(gt: str | Mapping[str, Any]):
-    """Returns a ``pycocotools.coco.COCO`` from a json path or an already-loaded dict."""
+    """Returns a ``pycocotools.coco.COCO`` from a json path or an already-loaded dict.
+
+    The dataset goes through :func:`prepare_ground_truth` first (area rule, ids, defaults);
+    its counts are on the returned object as ``notes`` (``{"area_from_box": n, ...}``).
+
+    Raises:
+        ValueError: unreadable json or a malformed entry (the message names the file and entry).
+        FileNotFoundError: ``gt`` path does not exist.
+    """
     from pycocotools.coco import COCO as CocoApi
 
     if isinstance(gt, str):
-        with open(gt, encoding="utf-8") as handle:
-            dataset = json.load(handle)
+        source = gt
+        with _open_text(gt) as handle:
+            try:
+                dataset = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{gt}: not valid JSON ({error})") from None
     elif isinstance(gt, Mapping):
-        dataset = copy.deepcopy(dict(gt))
+        source, dataset = "ground truth", gt
     else:
         raise ValueError(f"gt must be a json path or a COCO dict, got {type(gt).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if key not in dataset:
-            raise ValueError(f"COCO ground truth is missing {key!r}")
+    dataset, notes = prepare_ground_truth(dataset, source)
     api = CocoApi()
     api.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         api.createIndex()
+    api.notes = notes
+    api.source = source
     return api
 
 
@@ -272,11 +472,18 @@ def ground_truth_from_persons(persons: Sequence[Mapping[str, Any]], schema: Keyp
     records, so numbers can differ slightly from an evaluation against the
     original annotation file (pass ``gt_annotations`` for the exact protocol).
 
+    Area: the records' ``gt_area`` under the rule of :func:`oks_area`. ExampleGen
+    already applies it from the annotation's box, so a record's area is only
+    derived here for records written without it (area 0): then from the
+    ``scale / padding`` box, which is the annotation box widened to the crop's
+    aspect ratio (an upper bound). The count is ``info.area_from_box`` of the result.
+
     Raises:
         ValueError: a detector-box record (``annotation_id < 0``) or duplicate annotation ids.
     """
     images: Dict[int, Dict[str, Any]] = {}
     annotations: Dict[int, Dict[str, Any]] = {}
+    derived_areas = 0
     for person in persons:
         annotation_id = int(person["annotation_id"])
         if annotation_id < 0:
@@ -293,14 +500,20 @@ def ground_truth_from_persons(persons: Sequence[Mapping[str, Any]], schema: Keyp
         size = np.asarray(person["scale"], np.float64) / padding
         triplets = np.concatenate([keypoints, visibility[:, None]], -1)
         triplets[visibility == 0, :2] = 0.0
+        bbox = [float(center[0] - size[0] / 2), float(center[1] - size[1] / 2), float(size[0]), float(size[1])]
+        try:
+            area, derived = oks_area(float(person["gt_area"]), bbox)
+        except ValueError as error:
+            raise ValueError(f"eval record of annotation {annotation_id} (image {image_id}): {error}") from None
+        derived_areas += int(derived)
         annotations[annotation_id] = {
             "id": annotation_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
             "keypoints": [float(v) for v in triplets.ravel()],
             "num_keypoints": int(np.count_nonzero(visibility > 0)),
-            "area": float(person["gt_area"]),
-            "bbox": [float(center[0] - size[0] / 2), float(center[1] - size[1] / 2), float(size[0]), float(size[1])],
+            "area": area, "bbox": bbox,
         }
     return {
+        "info": {AREA_FROM_BOX: derived_areas},
         "images": [images[key] for key in sorted(images)],
         "annotations": [annotations[key] for key in sorted(annotations)],
         "categories": [{"id": 1, "name": "person", "supercategory": "person",
@@ -313,55 +526,124 @@ def ground_truth_from_persons(persons: Sequence[Mapping[str, Any]], schema: Keyp
 # pycocotools stats and per-keypoint numbers
 # --------------------------------------------------------------------------
 
-def _validate_results(results: Sequence[Mapping[str, Any]], num_joints: int) -> None:
+def _finite_number(value: Any) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def normalise_results(results: Any, num_joints: int, image_ids: Iterable[int] | None = None,
+                      category_ids: Iterable[int] | None = None, source: str = "results",
+                      ) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
+    """Checks a COCO keypoint results list and puts it in a fixed order.
+
+    Each entry must be an object with ``image_id`` (an integer; integer strings such as
+    ``"785"`` and integral floats are converted), ``keypoints`` (``3 * num_joints``
+    finite numbers), ``score`` (a finite number) and optionally ``category_id`` (default 1,
+    converted like ``image_id``). With ``image_ids`` / ``category_ids`` given, the ids must
+    be among them (pycocotools would assert or silently ignore the entry).
+
+    The output is sorted by image id, descending score, category, then keypoints, so
+    persons with equal scores are matched in the same order whatever the input order
+    (``COCOeval`` sorts with a stable sort).
+
+    Returns:
+        ``(results, notes)``: new dicts (with ``image_id``, ``category_id``, ``keypoints``,
+        ``score`` only) and ``{"ids_converted": n}``.
+
+    Raises:
+        ValueError: ``"<source>: entry <i>: <what is wrong>"`` for the first bad entry.
+    """
+    if not isinstance(results, (list, tuple)):
+        raise ValueError(f"{source}: a COCO results file must hold a list, got {type(results).__name__}")
+    image_ids = None if image_ids is None else set(image_ids)
+    category_ids = None if category_ids is None else set(category_ids)
+    converted, notes = [], {"ids_converted": 0}
     for index, result in enumerate(results):
+        where = f"{source}: entry {index}"
+        if not isinstance(result, Mapping):
+            raise ValueError(f"{where}: not an object ({type(result).__name__})")
         for key in ("image_id", "keypoints", "score"):
             if key not in result:
-                raise ValueError(f"result {index} is missing {key!r}")
-        if len(result["keypoints"]) != 3 * num_joints:
-            raise ValueError(f"result {index} has {len(result['keypoints'])} keypoint values, "
-                             f"expected {3 * num_joints}")
+                raise ValueError(f"{where}: missing {key!r}")
+        try:
+            image_id = _integer_id(result["image_id"], "image_id")
+            category_id = _integer_id(result.get("category_id", 1), "category_id")
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        notes["ids_converted"] += int(not isinstance(result["image_id"], (int, np.integer)))
+        keypoints = result["keypoints"]
+        if not isinstance(keypoints, (list, tuple)) or len(keypoints) != 3 * num_joints:
+            length = len(keypoints) if isinstance(keypoints, (list, tuple)) else type(keypoints).__name__
+            raise ValueError(f"{where}: keypoints must be a list of {3 * num_joints} numbers "
+                             f"({num_joints} x [x, y, score]), got {length}")
+        if not all(_finite_number(v) for v in keypoints):
+            raise ValueError(f"{where}: keypoints hold a non-number or a non-finite value")
+        if not _finite_number(result["score"]):
+            raise ValueError(f"{where}: score {result['score']!r} is not a finite number")
+        if image_ids is not None and image_id not in image_ids:
+            raise ValueError(f"{where}: image_id {image_id} is not in the ground truth")
+        if category_ids is not None and category_id not in category_ids:
+            raise ValueError(f"{where}: category_id {category_id} is not a ground-truth category "
+                             f"{sorted(category_ids)}")
+        converted.append({"image_id": image_id, "category_id": category_id,
+                          "keypoints": [float(v) for v in keypoints], "score": float(result["score"])})
+    converted.sort(key=result_sort_key)
+    return converted, notes
+
+
+def _empty_detections(api):
+    """A pycocotools COCO object with the ground truth's images and no detection."""
+    from pycocotools.coco import COCO as CocoApi
+
+    detections = CocoApi()
+    detections.dataset = {"images": list(api.dataset["images"]), "categories": copy.deepcopy(api.dataset["categories"]),
+                          "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections.createIndex()
+    return detections
 
 
 def evaluate_results(gt: Any, results: Sequence[Mapping[str, Any]], sigmas: np.ndarray | None = None,
-                     restrict_to_result_images: bool = False,
+                     restrict_to_result_images: bool = False, source: str = "results",
                      ) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
     """Runs ``COCOeval(iouType="keypoints")`` on a results list, as given (no NMS, no rescoring).
 
     Args:
-        gt: COCO keypoint json path, dict, or ``pycocotools.coco.COCO``.
-        results: COCO keypoint results (``image_id``, ``category_id``, ``keypoints`` [x, y, s]*K, ``score``).
+        gt: COCO keypoint json path, dict, or ``pycocotools.coco.COCO``; paths and dicts go
+            through :func:`prepare_ground_truth` (area rule).
+        results: COCO keypoint results (``image_id``, ``category_id``, ``keypoints`` [x, y, s]*K,
+            ``score``), checked and ordered by :func:`normalise_results`.
         sigmas: (K,) OKS sigmas; default COCO's.
         restrict_to_result_images: evaluate only the images that have results
             (a subset evaluation); default all ground-truth images (the COCO protocol).
+        source: name of the results (file) for messages.
 
     Returns:
-        ``(stats, per_keypoint)``: ``stats`` maps :data:`STAT_NAMES` to floats plus
-        ``num_results``/``num_gt``; ``per_keypoint`` maps joint name to
-        ``{"similarity": mean OKS term, "accuracy": share with term >= 0.5, "count"}``
+        ``(stats, per_keypoint)``: ``stats`` maps :data:`STAT_NAMES` to pycocotools' floats
+        (``-1`` where pycocotools reports -1: no ground truth in that area range; an empty
+        results list is evaluated too, giving 0 / -1 as pycocotools would) plus
+        ``num_results``/``num_gt``/``area_from_box``/``ids_converted``; ``per_keypoint`` maps
+        joint name to ``{"similarity": mean OKS term, "accuracy": share with term >= 0.5, "count"}``
         over detections matched at OKS 0.5 (all areas, maxDets 20).
 
     Raises:
-        ValueError: malformed results or unknown image ids.
+        ValueError: malformed ground truth or results, unknown image or category ids
+            (the message names the file and the entry).
     """
     from pycocotools.cocoeval import COCOeval
 
     api = gt if hasattr(gt, "loadRes") else load_ground_truth(gt)
     sigmas = COCO.sigmas() if sigmas is None else np.asarray(sigmas, np.float64)
     joint_names = _joint_names(api, sigmas.size)
-    results = [dict(result, category_id=int(result.get("category_id", 1))) for result in results]
-    _validate_results(results, sigmas.size)
-    unknown = {int(r["image_id"]) for r in results} - set(api.getImgIds())
-    if unknown:
-        raise ValueError(f"results reference {len(unknown)} image ids missing from the ground truth, "
-                         f"e.g. {sorted(unknown)[:5]}")
+    gt_source = getattr(api, "source", "ground truth")
+    for annotation in api.dataset["annotations"]:
+        if annotation.get("keypoints") and len(annotation["keypoints"]) != 3 * sigmas.size:
+            raise ValueError(f"{gt_source}: annotation id {annotation.get('id')}: {len(annotation['keypoints'])} "
+                             f"keypoint values, expected {3 * sigmas.size} ({sigmas.size} joints)")
+    results, result_notes = normalise_results(results, sigmas.size, api.getImgIds(), api.getCatIds(), source)
     num_gt = sum(1 for a in api.dataset["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
-    if not results:
-        stats = {name: 0.0 for name in STAT_NAMES}
-        stats.update(num_results=0, num_gt=num_gt)
-        return stats, {name: {"similarity": 0.0, "accuracy": 0.0, "count": 0} for name in joint_names}
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = api.loadRes(copy.deepcopy(results))
+        detections = api.loadRes(copy.deepcopy(results)) if results else _empty_detections(api)
         evaluator = COCOeval(api, detections, "keypoints")
         evaluator.params.kpt_oks_sigmas = sigmas
         if restrict_to_result_images:
@@ -370,7 +652,9 @@ def evaluate_results(gt: Any, results: Sequence[Mapping[str, Any]], sigmas: np.n
         evaluator.accumulate()
         evaluator.summarize()
     stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
-    stats.update(num_results=len(results), num_gt=num_gt)
+    stats.update(num_results=len(results), num_gt=num_gt,
+                 area_from_box=int(getattr(api, "notes", {}).get(AREA_FROM_BOX, 0)),
+                 ids_converted=result_notes["ids_converted"])
     return stats, _per_keypoint(evaluator, api, detections, sigmas, joint_names)
 
 
@@ -424,19 +708,32 @@ def evaluate_persons(persons: Sequence[Mapping[str, Any]], gt: Any = None, resco
             (default: every ground-truth image, the COCO protocol).
 
     Returns:
-        ``(stats, per_keypoint, results)``.
+        ``(stats, per_keypoint, results)``; ``stats["area_from_box"]`` counts the ground-truth
+        areas derived from boxes (:func:`oks_area`).
     """
+    derived_areas = None
     if gt is None:
         gt = ground_truth_from_persons(persons)
+        derived_areas = gt["info"][AREA_FROM_BOX]
     results = persons_to_results(persons, rescore_threshold, nms_threshold, soft_nms, sigmas)
     stats, per_keypoint = evaluate_results(gt, results, sigmas, restrict_to_result_images=restrict_to_result_images)
+    if derived_areas is not None:
+        stats[AREA_FROM_BOX] = derived_areas
     return stats, per_keypoint, results
 
 
 def load_results(path: str) -> List[Dict[str, Any]]:
-    """Reads a COCO keypoint results json (a list). Raises ValueError for other layouts."""
-    with open(path, encoding="utf-8") as handle:
-        results = json.load(handle)
+    """Reads a COCO keypoint results json (a list).
+
+    Raises:
+        ValueError: not JSON, or not a list (the entries are checked by :func:`normalise_results`).
+        FileNotFoundError: no such file.
+    """
+    with _open_text(path) as handle:
+        try:
+            results = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(results, list):
         raise ValueError(f"{path}: a COCO results file must hold a list, got {type(results).__name__}")
     return results

@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -32,6 +33,36 @@ import numpy as np
 from schemas.keypoints import MPII, KeypointSchema
 
 GROUP_NAMES = tuple(name for name, _ in MPII.pckh_groups)
+
+MATLAB_JOINT_NAMES = ("rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+                      "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri")
+"""``dataset_joints`` of ``gt_valid.mat`` (the order of :data:`schemas.keypoints.MPII`)."""
+
+PREDICTION_INDEX_BASE = 1
+"""Default index base of prediction files: 1, MATLAB pixels. HRNet's and DarkPose's
+``MPIIDataset.evaluate`` add 1 to their 0-based predictions *before* saving ``pred.mat``
+(``lib/dataset/mpii.py``); bearpaw/pytorch-pose's ``preds`` and Tompson's ``pos_pred_src``
+are 1-based as well."""
+
+
+def _loadmat(path: str) -> Dict[str, Any]:
+    """scipy's ``loadmat`` with any failure (not a .mat, truncated, v7.3/HDF5) as a ValueError naming the file."""
+    from scipy.io import loadmat
+
+    try:
+        if "://" in path:  # gs:// and other remote paths through tf.io.gfile
+            import tensorflow as tf
+
+            if not tf.io.gfile.exists(path):
+                raise FileNotFoundError(f"{path} does not exist")
+            with tf.io.gfile.GFile(path, "rb") as handle:
+                return loadmat(io.BytesIO(handle.read()))
+        return loadmat(path)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # scipy raises ValueError, TypeError, MatReadError, OSError, ...
+        hint = " (MATLAB v7.3 files are HDF5: save with -v7)" if "HDF" in str(error) else ""
+        raise ValueError(f"{path}: not a readable .mat file: {type(error).__name__}: {error}{hint}") from None
 
 
 def zero_based_to_matlab(keypoints: np.ndarray) -> np.ndarray:
@@ -58,12 +89,21 @@ def load_gt_valid(path: str) -> Dict[str, np.ndarray]:
     Raises:
         ValueError: a required key is missing or shapes disagree.
     """
-    from scipy.io import loadmat
-
-    mat = loadmat(path)
+    mat = _loadmat(path)
     for key in ("pos_gt_src", "jnt_missing", "headboxes_src"):
         if key not in mat:
             raise ValueError(f"{path}: not a gt_valid.mat layout, missing {key!r}")
+    if "dataset_joints" in mat:
+        names = tuple(str(np.asarray(name).reshape(-1)[0]) if np.asarray(name).size else ""
+                      for name in np.asarray(mat["dataset_joints"], dtype=object).reshape(-1))
+        if names != MATLAB_JOINT_NAMES:
+            raise ValueError(f"{path}: dataset_joints {names} are not MPII's order {MATLAB_JOINT_NAMES}")
+    for key in ("pos_gt_src", "jnt_missing", "headboxes_src"):
+        if not np.issubdtype(np.asarray(mat[key]).dtype, np.number):
+            raise ValueError(f"{path}: {key} is not numeric ({np.asarray(mat[key]).dtype})")
+    if mat["pos_gt_src"].ndim != 3 or mat["jnt_missing"].ndim != 2 or mat["headboxes_src"].ndim != 3:
+        raise ValueError(f"{path}: pos_gt_src {mat['pos_gt_src'].shape}, jnt_missing {mat['jnt_missing'].shape}, "
+                         f"headboxes_src {mat['headboxes_src'].shape} must be (16, 2, N), (16, N), (2, 2, N)")
     keypoints = np.transpose(mat["pos_gt_src"], (2, 0, 1)).astype(np.float64)
     visible = np.transpose(mat["jnt_missing"], (1, 0)) == 0
     headboxes = np.transpose(mat["headboxes_src"], (2, 0, 1)).astype(np.float64)
@@ -79,24 +119,45 @@ def load_gt_valid(path: str) -> Dict[str, np.ndarray]:
     return result
 
 
-def load_predictions(path: str) -> np.ndarray:
-    """Reads predictions from a ``.mat``: ``pos_pred_src`` (16, 2, N), 1-based (used as is), or
-    ``preds`` (N, 16, 2+), 0-based like HRNet's ``pred.mat`` (1 is added).
+def load_predictions(path: str, index_base: int = PREDICTION_INDEX_BASE) -> np.ndarray:
+    """Reads MPII predictions from a ``.mat`` file, in the layouts users bring.
+
+    * ``preds`` (N, 16, 2) or (N, 16, 3) (scores dropped): HRNet's / DarkPose's
+      ``pred.mat``, bearpaw/pytorch-pose's prediction files, mmpose's ``pred.mat``.
+    * ``pos_pred_src`` (16, 2, N): Tompson's / the MPII toolkit's layout (``gt_valid.mat``
+      with predictions).
+
+    Both are read as 1-based MATLAB pixels by default (:data:`PREDICTION_INDEX_BASE`; the
+    references save them so). ``index_base=0`` is for files holding 0-based pixels (our
+    frame, :mod:`pose.coordinates`): 1 is added. When both keys are present, ``preds`` wins
+    (it is what the HRNet family writes).
 
     Returns:
-        (N, 16, 2) float64, 1-based MATLAB pixels.
-    """
-    from scipy.io import loadmat
+        (N, 16, 2) float64, 1-based MATLAB pixels (the frame of ``gt_valid.mat``).
 
-    mat = loadmat(path)
-    if "pos_pred_src" in mat:
-        return np.transpose(mat["pos_pred_src"], (2, 0, 1)).astype(np.float64)
+    Raises:
+        ValueError: unreadable file, neither key, a wrong shape or non-numeric values,
+            or ``index_base`` not 0/1.
+    """
+    if index_base not in (0, 1):
+        raise ValueError(f"index_base must be 0 or 1, got {index_base!r}")
+    mat = _loadmat(path)
     if "preds" in mat:
-        preds = np.asarray(mat["preds"], np.float64)
-        if preds.ndim != 3 or preds.shape[1] != MPII.num_joints:
-            raise ValueError(f"{path}: preds must be (N, 16, 2), got {preds.shape}")
-        return zero_based_to_matlab(preds[..., :2])
-    raise ValueError(f"{path}: holds neither 'pos_pred_src' nor 'preds'")
+        key, preds = "preds", np.asarray(mat["preds"])
+        if preds.ndim != 3 or preds.shape[1] != MPII.num_joints or preds.shape[2] not in (2, 3):
+            raise ValueError(f"{path}: preds must be (N, 16, 2) or (N, 16, 3), got {preds.shape}")
+        preds = preds[..., :2]
+    elif "pos_pred_src" in mat:
+        key, preds = "pos_pred_src", np.asarray(mat["pos_pred_src"])
+        if preds.ndim != 3 or preds.shape[:2] != (MPII.num_joints, 2):
+            raise ValueError(f"{path}: pos_pred_src must be (16, 2, N), got {preds.shape}")
+        preds = np.transpose(preds, (2, 0, 1))
+    else:
+        raise ValueError(f"{path}: holds neither 'preds' (N, 16, 2) nor 'pos_pred_src' (16, 2, N)")
+    if not np.issubdtype(preds.dtype, np.number):
+        raise ValueError(f"{path}: {key} is not numeric ({preds.dtype})")
+    preds = preds.astype(np.float64)
+    return zero_based_to_matlab(preds) if index_base == 0 else preds
 
 
 def joint_pckh(predictions: np.ndarray, keypoints: np.ndarray, visible: np.ndarray,

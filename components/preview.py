@@ -13,13 +13,13 @@ target weight, hollow otherwise), plus the image and annotation ids.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Dict, List, Sequence
 
 import numpy as np
 
+from pipeline import cli
 from schemas import examples as examples_layout
 
 TILE_BORDER = 4
@@ -132,7 +132,7 @@ def render_grid(source: str, out: str, split: str | None = None, num: int = 16, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.preview", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m components.preview", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="examples dir (with Split-*), a Split-* dir, or a file pattern")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--split", choices=("train", "eval"), help="only this split of an examples dir")
@@ -143,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = render_grid(args.source, args.out, args.split, args.num, args.columns)
     except (ValueError, RuntimeError) as error:
         print(f"preview: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m components.preview"))

@@ -5,19 +5,29 @@ Layout of a push destination (local path or ``gs://``)::
     <push_destination>/<version>/               the SavedModel (saved_model.pb, variables/, ...)
     <push_destination>/<version>/push_record.json   what was pushed, from which run, which metrics
     <push_destination>/<version>/PUSH_COMPLETE      commit marker, written last
-    <push_destination>/.staging-<version>-<id>/    in-flight copy (local destinations)
+    <push_destination>/.staging-<id>/           in-flight copy (removed at the end)
 
 Versions are positive integers (TF Serving's layout), each one greater than
 every version directory present, complete or not, so they only increase.
 
 Atomicity: a version counts as pushed only when ``PUSH_COMPLETE`` exists, and
-it is written after every other file. Locally the copy goes to a staging
-directory that is renamed to ``<version>`` only after the marker is in place
-(a rename is atomic on one filesystem, so TF Serving never sees a partial
-version). On ``gs://``, where directory renames are not atomic, files are
-copied into ``<version>/`` directly and the marker is the commit: readers
-(:func:`list_versions`, :func:`components.evaluator.resolve_baseline`) ignore
-versions without it.
+it is written after every other file. The model is first copied to a staging
+folder whose name is not a version (TF Serving and :func:`list_versions`
+ignore it). Locally the staging folder, marker included, is then renamed to
+``<version>`` (a rename is atomic on one filesystem, so TF Serving never sees
+a partial version). Object stores (``gs://``) have no folder rename, so the
+staged objects are copied server-side (GCS rewrite, no re-upload) into
+``<version>/`` in this order: variables, assets and every other file, then
+``saved_model.pb`` (so a TF Serving poll that lands mid-copy finds no
+SavedModel and retries later, instead of loading half-written variables), then
+``push_record.json``, then the ``PUSH_COMPLETE`` marker, which is the commit:
+readers (:func:`list_versions`, :func:`latest_blessed_version`,
+:func:`components.evaluator.resolve_baseline`) ignore versions without it. A
+push cut short leaves a staging folder or an uncommitted version, never a
+committed partial one, and its version number is never reused. Two pushers
+writing to one ``gs://`` destination at the same moment are not supported
+(GCS offers no atomic claim of a folder name through ``tf.io.gfile``): a
+version that appears while the staging copy runs stops the push with an error.
 
 Only a ``BLESSED`` blessing pushes; an unblessed, missing or corrupt blessing
 pushes nothing and says why.
@@ -29,7 +39,6 @@ CLI::
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -42,7 +51,9 @@ from typing import Any, Dict, List, Mapping
 import tensorflow as tf
 
 from components.blessing import BlessingError, read_blessing
+from pipeline import cli
 from schemas.serving import SAVED_MODEL_DIR
+from schemas import jsonio
 
 PUSH_RECORD = "push_record.json"
 COMMIT_MARKER = "PUSH_COMPLETE"
@@ -97,11 +108,42 @@ def read_push_record(push_destination: str, version: int) -> Dict[str, Any] | No
         return None
 
 
+TFX_VERSION_MIN = 10 ** 9
+"""TFX's standard Pusher names a filesystem push ``str(int(time.time()))``: a version at least this large."""
+
+
+def is_tfx_push(push_destination: str, version: int) -> bool:
+    """Whether ``<push_destination>/<version>`` is a complete push of TFX's standard Pusher.
+
+    TFX's Pusher (``tfx.components.Pusher`` with a filesystem destination)
+    writes ``<base_directory>/<unix time>/``: the SavedModel's files, with
+    ``saved_model.pb`` copied last, and none of our markers; it only pushes
+    blessed models. So a version counts as a TFX push when its name is a Unix
+    time (>= :data:`TFX_VERSION_MIN`), it holds ``saved_model.pb`` and it has
+    neither :data:`PUSH_RECORD` nor :data:`COMMIT_MARKER` (ours, possibly cut
+    short, are never read as TFX pushes).
+    """
+    if version < TFX_VERSION_MIN:
+        return False
+    directory = os.path.join(push_destination, str(version))
+    return (tf.io.gfile.exists(os.path.join(directory, "saved_model.pb"))
+            and not tf.io.gfile.exists(os.path.join(directory, PUSH_RECORD))
+            and not tf.io.gfile.exists(os.path.join(directory, COMMIT_MARKER)))
+
+
 def latest_blessed_version(push_destination: str) -> str | None:
-    """Directory of the newest committed version whose record says it was blessed, else ``None``."""
-    for version in reversed(list_versions(push_destination)):
-        record = read_push_record(push_destination, version)
-        if record and record.get("blessed") is True:
+    """Directory of the newest pushed blessed model at ``push_destination``, else ``None``.
+
+    Two layouts are read: ours (a committed version whose push record says
+    blessed) and TFX's standard Pusher's (see :func:`is_tfx_push`; TFX pushes
+    only blessed models). The highest version of either kind wins.
+    """
+    for version in reversed(list_versions(push_destination, complete_only=False)):
+        if tf.io.gfile.exists(os.path.join(push_destination, str(version), COMMIT_MARKER)):
+            record = read_push_record(push_destination, version)
+            if record and record.get("blessed") is True:
+                return os.path.join(push_destination, str(version))
+        elif is_tfx_push(push_destination, version):
             return os.path.join(push_destination, str(version))
     return None
 
@@ -111,19 +153,59 @@ def _next_version(push_destination: str) -> int:
     return (existing[-1] + 1) if existing else 1
 
 
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` for local and ``gs://`` paths ("" for the root itself)."""
+    path, root = path.rstrip("/"), root.rstrip("/")
+    return "" if path == root else path[len(root) + 1:]
+
+
 def _copy_tree(source: str, target: str, delay: float) -> List[str]:
-    """Copies ``source`` into ``target`` with tf.io.gfile; returns the relative file paths."""
+    """Copies ``source`` into ``target`` with tf.io.gfile; returns the relative file paths ("/"-separated).
+
+    A source that is itself a pushed version keeps its own :data:`PUSH_RECORD`
+    and :data:`COMMIT_MARKER`: they are not copied (the push writes new ones).
+    """
     copied = []
     for directory, _, files in tf.io.gfile.walk(source):
-        relative = os.path.relpath(directory, source)
-        target_directory = target if relative == "." else os.path.join(target, relative)
+        relative = _relative(directory, source)
+        target_directory = f"{target.rstrip('/')}/{relative}" if relative else target
         tf.io.gfile.makedirs(target_directory)
         for name in sorted(files):
-            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_directory, name), overwrite=True)
-            copied.append(name if relative == "." else os.path.join(relative, name))
+            if not relative and name in (PUSH_RECORD, COMMIT_MARKER):
+                continue
+            tf.io.gfile.copy(f"{directory.rstrip('/')}/{name}", f"{target_directory.rstrip('/')}/{name}",
+                             overwrite=True)
+            copied.append(f"{relative}/{name}" if relative else name)
             if delay > 0:
                 time.sleep(delay)
     return copied
+
+
+def commit_order(files: List[str]) -> List[str]:
+    """The order in which a version's files are written on an object store.
+
+    Every other file first, then the SavedModel's graph (``saved_model.pb`` /
+    ``saved_model.pbtxt``; TF Serving only treats a folder holding it as a
+    model), then :data:`PUSH_RECORD`, then :data:`COMMIT_MARKER` (the commit).
+    """
+    def rank(name: str) -> int:
+        if name == COMMIT_MARKER:
+            return 3
+        if name == PUSH_RECORD:
+            return 2
+        return 1 if name in ("saved_model.pb", "saved_model.pbtxt") else 0
+
+    return sorted(files, key=lambda name: (rank(name), name))
+
+
+def _publish_remote(staging: str, final: str, files: List[str], delay: float) -> None:
+    """Copies the staged ``files`` to ``final`` on an object store in :func:`commit_order`."""
+    for name in commit_order(files):
+        target = f"{final}/{name}"
+        tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
+        tf.io.gfile.copy(f"{staging}/{name}", target, overwrite=True)  # GCS: server-side rewrite
+        if delay > 0:
+            time.sleep(delay)
 
 
 def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id: str,
@@ -161,38 +243,46 @@ def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id:
         return None
     source = saved_model_path(model_dir)
     delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
-    tf.io.gfile.makedirs(push_destination)
-    version = _next_version(push_destination)
-    final = os.path.join(push_destination, str(version))
-    local = "://" not in push_destination
-    target = os.path.join(push_destination, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}") if local else final
-    record = {
-        "version": version,
-        "path": final,
-        "run_id": run_id,
-        "source": source,
-        "blessed": True,
-        "blessing_dir": blessing_dir,
-        "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
-        "baseline": blessing.get("baseline"),
-        "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-    record["files"] = _copy_tree(source, target, delay)
-    with tf.io.gfile.GFile(os.path.join(target, PUSH_RECORD), "w") as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True, default=float))
-    with tf.io.gfile.GFile(os.path.join(target, COMMIT_MARKER), "w") as handle:
-        handle.write(record["pushed_at"])
-    if local:
+    destination = push_destination.rstrip("/") or push_destination
+    tf.io.gfile.makedirs(destination)
+    local = "://" not in destination
+    staging = f"{destination}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        files = _copy_tree(source, staging, delay)  # the slow part, outside the version namespace
+        version = _next_version(destination)
+        final = f"{destination}/{version}"
+        record = {
+            "version": version,
+            "path": final,
+            "run_id": run_id,
+            "source": source,
+            "blessed": True,
+            "blessing_dir": blessing_dir,
+            "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
+            "baseline": blessing.get("baseline"),
+            "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "files": files,
+        }
+        with tf.io.gfile.GFile(f"{staging}/{PUSH_RECORD}", "w") as handle:
+            handle.write(jsonio.dumps(record, indent=2, sort_keys=True, default=float))
+        with tf.io.gfile.GFile(f"{staging}/{COMMIT_MARKER}", "w") as handle:
+            handle.write(record["pushed_at"])
         if tf.io.gfile.exists(final):
             raise FileExistsError(f"version {final} appeared during the push (concurrent pusher?); "
-                                  f"the staged copy stays at {target}")
-        os.rename(target, final)  # atomic on one filesystem: the version appears complete or not at all
+                                  "nothing was committed")
+        if local:
+            os.rename(staging, final)  # atomic on one filesystem: the version appears complete or not at all
+        else:
+            _publish_remote(staging, final, files + [PUSH_RECORD, COMMIT_MARKER], delay)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
     logger.info("pushed %s -> %s", source, final)
     return record
 
 
 def main(argv: List[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m components.pusher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--blessing", required=True, help="the Evaluator's blessing directory")
     parser.add_argument("--destination", required=True, help="push destination (local dir or gs://)")
@@ -203,9 +293,9 @@ def main(argv: List[str] | None = None) -> int:
     if record is None:
         print("nothing pushed")
         return 1
-    print(json.dumps({"version": record["version"], "path": record["path"]}))
+    print(jsonio.dumps({"version": record["version"], "path": record["path"]}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m components.pusher"))

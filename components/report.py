@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from pose import coordinates
+from pose.images import decode_image_tf
 from schemas import features as record_features
 from schemas.keypoints import KeypointSchema, get_schema
 
@@ -103,7 +104,7 @@ def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[
         person = lookup.get(key)
         if person is None:
             continue
-        image = tf.io.decode_image(record["image/encoded"], channels=3).numpy()
+        image = decode_image_tf(record["image/encoded"]).numpy()
         input_size = (int(record["crop/height"]), int(record["crop/width"]))
         matrix = coordinates.crop_affine(center, record["bbox/scale"], input_size)
         prediction = np.asarray(person["prediction"], np.float64).reshape(-1, 3)

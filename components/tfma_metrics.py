@@ -36,7 +36,6 @@ Change thresholds are left out when there is no baseline (TFX semantics).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import apache_beam as beam
@@ -47,6 +46,7 @@ from tensorflow_model_analysis.proto import config_pb2
 
 from components import metrics_coco, metrics_mpii
 from schemas.keypoints import get_schema
+from schemas import jsonio
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
@@ -321,7 +321,7 @@ def build_eval_config(dataset: str, thresholds: Mapping[str, Any], has_baseline:
                                                 label_key=LABEL_KEY, is_baseline=True))
     if dataset == "coco":
         metric = config_pb2.MetricConfig(class_name="CocoKeypointAP", module=__name__,
-                                         config=json.dumps(dict(metric_options or {})))
+                                         config=jsonio.dumps(dict(metric_options or {})))
     else:
         metric = config_pb2.MetricConfig(class_name="MpiiPCKh", module=__name__, config="{}")
     spec = config_pb2.MetricsSpec(metrics=[metric, config_pb2.MetricConfig(class_name="ExampleCount")],

@@ -42,6 +42,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
 from schemas import examples as examples_layout
+from schemas import jsonio
 
 SPLITS = list(examples_layout.SPLITS)
 
@@ -91,7 +92,10 @@ class PoseExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.example_gen import run_example_gen
+        from pipeline import cli
 
+        # beam_pipeline_args edited in a compiled spec: stop naming the flag, before any work (issue 12).
+        cli.check_beam_flags(list(self._beam_pipeline_args or []))
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         config = json.loads(exec_properties["config_json"])
         manifest = run_example_gen(
@@ -124,7 +128,7 @@ class PoseExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, *, dataset: str, config: Dict[str, Any], train_annotations: str, train_images: str,
                  eval_annotations: str, eval_images: str, det_file: str = "", input_fingerprint: str = ""):
         spec = PoseExampleGenSpec(
-            dataset=dataset, config_json=json.dumps(example_gen_config(dict(config)), sort_keys=True),
+            dataset=dataset, config_json=jsonio.dumps(example_gen_config(dict(config)), sort_keys=True),
             train_annotations=train_annotations, train_images=train_images,
             eval_annotations=eval_annotations, eval_images=eval_images, det_file=det_file,
             input_fingerprint=input_fingerprint,
@@ -155,7 +159,9 @@ class PoseEvaluatorExecutor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.evaluator import EVALUATION_DIR, run_evaluator
+        from pipeline import cli
 
+        cli.check_beam_flags(list(self._beam_pipeline_args or []))
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         model = artifact_utils.get_single_instance(input_dict["model"])
         baselines = input_dict.get("baseline_model") or []
@@ -194,7 +200,7 @@ class PoseEvaluator(base_beam_component.BaseBeamComponent):
                  baseline_model: types.BaseChannel | None = None, gt_annotations: str = ""):
         spec = PoseEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model,
-            config_json=json.dumps(dict(config), sort_keys=True), gt_annotations=gt_annotations,
+            config_json=jsonio.dumps(dict(config), sort_keys=True), gt_annotations=gt_annotations,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)

@@ -7,20 +7,23 @@ Usage::
         [--gt-annotations person_keypoints_val2017.json] [--output-dir <blessing dir>]
 
 ``--baseline auto`` resolves the latest blessed, completely pushed model at
-``--push-destination`` (none yet: change thresholds are skipped, value
-thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
+``--push-destination``: our Pusher's committed versions or TFX's standard
+Pusher's ``<unix time>/`` folders, as the TFX pipeline writes them (see
+:func:`components.pusher.latest_blessed_version`; none yet: change thresholds
+are skipped, value thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
 
 Prints a verdict table; exit status 0 = blessed, 1 = not blessed, 2 = error
 (bad arguments, missing model/data, failed evaluation).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import tempfile
 from typing import List
+
+from pipeline import cli
+from schemas import jsonio
 
 EXIT_BLESSED, EXIT_NOT_BLESSED, EXIT_ERROR = 0, 1, 2
 
@@ -45,7 +48,9 @@ def verdict_table(blessing: dict) -> str:
 
 
 def main(argv: List[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a pose model and gate on its blessing.")
+    parser = cli.ArgumentParser(prog="python -m pipeline.gate",
+                                description="Evaluate a pose model and gate on its blessing. Other flags must "
+                                            "be Beam pipeline options (checked by Beam's option parser).")
     parser.add_argument("--candidate", required=True, help="model dir (with Format-Serving) or SavedModel dir")
     parser.add_argument("--baseline", default=None, help="baseline model dir, or 'auto'")
     parser.add_argument("--push-destination", default=None, help="where '--baseline auto' looks")
@@ -54,7 +59,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--gt-annotations", default=None, help="COCO json or MPII gt_valid.mat")
     parser.add_argument("--output-dir", default=None, help="blessing dir (default: a temporary dir)")
     parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parser.parse_args_and_beam_flags(argv)  # exit 2 on a flag that is neither
     logging.basicConfig(level=logging.WARNING)
     try:
         from pose.config import load_config
@@ -72,13 +77,19 @@ def main(argv: List[str] | None = None) -> int:
         blessing = evaluator.run_evaluator(args.candidate, args.eval_data, config, output_dir,
                                            baseline_model_dir=baseline, gt_annotations=args.gt_annotations,
                                            beam_args=beam_args or None)
-    except Exception as error:  # any failure is a gate error (exit 2), reported with its type
+    except (ValueError, OSError) as error:  # ours: the message names the file (and the entry)
         print(f"gate error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as error:  # noqa: BLE001 -- a library's error (TF, Beam, pycocotools): add our inputs
+        inputs = ", ".join(f"{name} {value}" for name, value in (
+            ("candidate", args.candidate), ("baseline", args.baseline), ("eval data", args.eval_data),
+            ("config", args.config), ("gt annotations", args.gt_annotations)) if value)
+        print(f"gate error: {cli.describe_exception(error)} (inputs: {inputs})", file=sys.stderr)
+        return EXIT_ERROR
     print(verdict_table(blessing))
-    print(json.dumps({"blessed": blessing["blessed"], "output_dir": output_dir, "metrics": blessing["metrics"]}))
+    print(jsonio.dumps({"blessed": blessing["blessed"], "output_dir": output_dir, "metrics": blessing["metrics"]}))
     return EXIT_BLESSED if blessing["blessed"] else EXIT_NOT_BLESSED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m pipeline.gate"))

@@ -9,11 +9,14 @@ Entry point of ``python pipeline.py`` (see ``docs/pipeline.md``)::
     python pipeline.py --runner=DirectRunner --data mpii --mpii-root data/mpii --config configs/mpii/...
     python pipeline.py --compile pipeline.yaml [--image REGISTRY/darkpose-tf-python:TAG]
 
-Every flag this script does not know (``--runner``, ``--direct_num_workers``,
-``--direct_running_mode``, Dataflow's ``--project``/``--region``/
-``--temp_location``/``--setup_file`` ...) is a Beam flag and goes unchanged
-to the Beam steps (ExampleGen, Evaluator). ``--runner=DirectRunner`` without
-``--direct_running_mode`` gets ``--direct_running_mode=in_memory``.
+Every other flag must be a Beam pipeline option that Beam's own option parser
+recognises (``--runner``, ``--direct_num_workers``, ``--direct_running_mode``,
+Dataflow's ``--project``/``--region``/``--temp_location``/``--setup_file`` ...);
+it goes unchanged to the Beam steps (ExampleGen, Evaluator). Any other flag
+(a typo, a prefix of a flag) stops the command before any work with exit
+status 2, naming the flag and its closest match (``pipeline/cli.py``).
+``--runner=DirectRunner`` without ``--direct_running_mode`` gets
+``--direct_running_mode=in_memory``.
 
 Layout under ``--runs-dir`` (default ``runs/``): ``tfx/`` (the TFX pipeline root,
 shared by runs so TFX's cache reuses ExampleGen's output for unchanged data),
@@ -36,16 +39,17 @@ import sys
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
-from pipeline import configs
+from pipeline import cli, configs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="pipeline.py",
         description="Run the darkpose-tf TFX pipeline locally (LocalDagRunner) or compile it for Kubeflow / Vertex AI. "
-                    "Unknown flags are Beam pipeline options, passed to the Beam steps unchanged.")
+                    "Other flags must be Beam pipeline options (checked by Beam's option parser), "
+                    "passed to the Beam steps unchanged.")
     parser.add_argument("--config", default=None,
                         help=f"experiment config (default: {configs.DEMO_CONFIG} for the embedded data, "
                              f"{configs.COCO_CONFIG} / {configs.MPII_CONFIG} for --data coco / mpii)")
@@ -95,19 +99,23 @@ def _parse_gate(entries: Sequence[str], flag: str) -> Dict[str, float]:
     return gates
 
 
-def beam_flags(extra: Sequence[str]) -> List[str]:
-    """Beam flags for the Beam steps: the unknown command-line flags plus local defaults.
+def beam_flags(extra: Sequence[str], own_options: Sequence[str] = ()) -> List[str]:
+    """Beam flags for the Beam steps: the command-line flags that are not ours, unchanged, plus local defaults.
+
+    Args:
+        extra: the tokens our parser did not consume.
+        own_options: our flags, offered as close matches in the error message.
 
     Raises:
-        ValueError: a positional argument (not a ``--flag``) was given.
+        cli.UsageError (a ``ValueError``): a flag that Beam's option parser
+            does not recognise either, a stray argument, or a value Beam
+            rejects (see :func:`pipeline.cli.parse_beam_flags`).
     """
-    flags = []
-    for value in extra:
-        if not value.startswith("-") and not (flags and "=" not in flags[-1] and flags[-1].startswith("--")):
-            raise ValueError(f"unexpected argument {value!r}; Beam flags look like --name=value")
-        flags.append(value)
-    runner = next((flag.split("=", 1)[1] for flag in flags if flag.startswith("--runner=")), "DirectRunner")
-    if runner in ("DirectRunner", "direct") and not any(flag.startswith("--direct_running_mode") for flag in flags):
+    flags = list(extra)
+    options = cli.parse_beam_flags(flags, own_options)
+    runner = options.runner or "DirectRunner"
+    if (runner.lower() in ("directrunner", "direct")
+            and not any(flag.startswith("--direct_running_mode") for flag in flags)):
         flags.extend(configs.LOCAL_BEAM_DEFAULTS)
     return flags
 
@@ -269,7 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     clock = time.perf_counter()
     try:
-        args.beam_args = beam_flags(extra)
+        args.beam_args = beam_flags(extra, parser.option_strings())
+    except cli.UsageError as error:
+        parser.error(str(error))  # usage + message, exit status 2 (= EXIT_FAILED), before any work
+    try:
         config = load_run_config(args)
         if args.compile:
             from pipeline.kubeflow_v2_runner import compile_pipeline

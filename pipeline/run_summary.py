@@ -8,11 +8,14 @@ model (which Examples, which Trainer execution); :func:`format_summary` prints i
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Mapping
 
+from schemas import jsonio
+
 INDEX_FILE = "index.json"
+INDEX_JSON = INDEX_FILE
+INDEX_MD = "INDEX.md"
 
 
 def _store(metadata_path: str):
@@ -137,9 +140,34 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def write_index(run_dir: str, summary: Mapping[str, Any]) -> str:
-    """Writes ``<run_dir>/index.json`` (strict JSON) and returns its path."""
+    """Writes ``<run_dir>/index.json`` (strict JSON) and a short ``INDEX.md``; returns the JSON's path.
+
+    ``INDEX.md`` lists the run's artifacts (ML Metadata id and URI) and the
+    printed summary, for a person browsing ``runs/``.
+    """
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, INDEX_FILE)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2, sort_keys=True, allow_nan=False, default=str)
+    jsonio.write(path, summary, indent=2, sort_keys=True, default=str)
+    lines = [f"# Run {summary.get('run_id') or summary.get('run')}: {summary.get('verdict')}", ""]
+    lineage = summary.get("lineage") or {}
+    rows = [(name, entry) for name, entry in lineage.items() if entry]
+    if rows or summary.get("pushed_path"):
+        lines += ["| artifact | ML Metadata id | uri |", "|---|---|---|"]
+        lines += [f"| {name} | {entry.get('id', '')} | `{entry.get('uri', '')}` |" for name, entry in rows]
+        if summary.get("baseline"):
+            lines.append(f"| baseline model | {summary['baseline'].get('model_id', '')} | "
+                         f"`{summary['baseline'].get('uri', '')}` |")
+        if summary.get("pushed_path"):
+            lines.append(f"| pushed model | | `{summary['pushed_path']}` |")
+        lines.append("")
+    if summary.get("error"):
+        lines += [f"error: {summary['error']}", ""]
+    try:
+        text = format_summary(summary).strip()
+    except (KeyError, TypeError, ValueError):
+        text = ""
+    if text:
+        lines += ["```", text, "```"]
+    with open(os.path.join(run_dir, INDEX_MD), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
     return path

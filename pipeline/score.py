@@ -3,58 +3,103 @@
 Usage::
 
     python -m pipeline.score --coco-gt person_keypoints_val2017.json --results results.json
-    python -m pipeline.score --mpii-gt gt_valid.mat --preds pred.mat
+    python -m pipeline.score --mpii-gt gt_valid.mat --preds pred.mat [--preds-index-base 1|0]
 
 COCO results are scored as given (no rescoring or NMS: that is the Evaluator's
-job before it writes its results file). MPII predictions are read from
-``pos_pred_src`` (16x2xN, MATLAB 1-based, used as is) or ``preds`` (Nx16x2,
-0-based like HRNet's pred.mat; 1 is added, as HRNet does). ``--preds`` may be
-left out when the gt file itself holds ``pos_pred_src``.
+job before it writes its results file), after checks that name the file and
+entry of any bad one: ``image_id``/``category_id`` integers (integer strings such
+as ``"785"`` are converted, with a note), ids present in the ground truth,
+``3 * 17`` finite keypoint values, a finite score. Results are put in a fixed
+order (image, descending score, content) so equal scores give the same AP in any
+input order. Ground-truth annotations without ``area`` get the OKS area
+``0.53 * w * h`` of their box (xtcocotools/mmpose, :func:`components.metrics_coco.oks_area`),
+reported on a ``note:`` line. AP_M/AP_L/AR_M/AR_L are pycocotools' values: ``-1``
+when the ground truth has no person in that size range.
+
+MPII predictions are read from ``preds`` ((N, 16, 2) or (N, 16, 3): HRNet's,
+DarkPose's, mmpose's ``pred.mat`` and bearpaw/pytorch-pose's files) or
+``pos_pred_src`` ((16, 2, N), Tompson / the MPII toolkit), as **1-based** MATLAB
+pixels: the references add 1 before saving. ``--preds-index-base 0`` reads files
+holding 0-based pixels (1 is added). ``--preds`` may be left out when the gt file
+itself holds ``pos_pred_src``.
 
 Prints a table, then, as the last line, one JSON object with the stats:
 ``{"AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L"}``
 or ``{"Head", ..., "Ankle", "Mean", "Mean14", "Mean@0.1", ...}``.
-Exit status: 0 on success, 2 on bad input.
+Exit status: 0 on success, 2 on bad input or any failure (one line on stderr
+naming the file and, where there is one, the entry).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from typing import Dict, List
 
+import numpy as np
+
 from components import metrics_coco, metrics_mpii
+from pipeline import cli
+from schemas import jsonio
 
 
 def score_coco(gt_path: str, results_path: str) -> Dict[str, float]:
-    """The ten COCO keypoint stats of a results file (plus per-keypoint numbers printed)."""
-    stats, per_keypoint = metrics_coco.evaluate_results(gt_path, metrics_coco.load_results(results_path))
+    """The ten COCO keypoint stats of a results file (plus per-keypoint numbers printed).
+
+    Raises:
+        ValueError: malformed ground truth or results (naming the file and entry).
+    """
+    api = metrics_coco.load_ground_truth(gt_path)
+    stats, per_keypoint = metrics_coco.evaluate_results(api, metrics_coco.load_results(results_path),
+                                                        source=results_path)
     print(f"{'metric':<8} {'value':>8}")
     for name, value in metrics_coco.iter_stat_items(stats):
         print(f"{name:<8} {value:8.4f}")
     print(f"\n{'joint':<16} {'OKS term':>8} {'>=0.5':>7} {'count':>6}")
     for name, values in per_keypoint.items():
         print(f"{name:<16} {values['similarity']:8.4f} {values['accuracy']:7.4f} {values['count']:6d}")
+    if stats[metrics_coco.AREA_FROM_BOX]:
+        print(f"note: {stats[metrics_coco.AREA_FROM_BOX]} ground-truth annotations of {gt_path} have no area: "
+              f"OKS area = {metrics_coco.AREA_FROM_BOX_FACTOR} * bbox w * h (xtcocotools/mmpose rule)")
+    if stats["ids_converted"]:
+        print(f"note: {stats['ids_converted']} results of {results_path} had a non-integer image_id "
+              "(e.g. \"785\"), converted to int")
+    for name, value in metrics_coco.iter_stat_items(stats):
+        if value == -1:
+            print(f"note: {name} = -1: pycocotools found no ground-truth person in that size range")
     return {name: round(float(stats[name]), 6) for name in metrics_coco.STAT_NAMES}
 
 
-def score_mpii(gt_path: str, preds_path: str | None) -> Dict[str, float]:
-    """PCKh@0.5 / @0.1 table of predictions against a gt_valid.mat layout file."""
+def score_mpii(gt_path: str, preds_path: str | None,
+               index_base: int = metrics_mpii.PREDICTION_INDEX_BASE) -> Dict[str, float]:
+    """PCKh@0.5 / @0.1 table of predictions against a gt_valid.mat layout file.
+
+    Args:
+        gt_path: ``gt_valid.mat`` layout file.
+        preds_path: ``.mat`` with ``preds`` or ``pos_pred_src`` (see :func:`metrics_mpii.load_predictions`);
+            ``None``: the gt file's own ``pos_pred_src``.
+        index_base: 1 (default, the references' files) or 0 for files in 0-based pixels.
+
+    Raises:
+        ValueError: unreadable or malformed files, or predictions that do not match the gt rows.
+    """
     gt = metrics_mpii.load_gt_valid(gt_path)
     if preds_path:
-        predictions = metrics_mpii.load_predictions(preds_path)
+        predictions = metrics_mpii.load_predictions(preds_path, index_base)
     elif "pos_pred_src" in gt:
-        predictions = gt["pos_pred_src"]
+        predictions = gt["pos_pred_src"] + (1.0 if index_base == 0 else 0.0)
     else:
         raise ValueError(f"--preds is required: {gt_path} holds no pos_pred_src")
     if predictions.shape != gt["keypoints"].shape:
-        raise ValueError(f"predictions {predictions.shape} do not match the ground truth {gt['keypoints'].shape}")
+        raise ValueError(f"predictions of {preds_path or gt_path} {predictions.shape} do not match the ground truth "
+                         f"{gt_path} {gt['keypoints'].shape} (one row per gt_valid person, same order)")
     table = metrics_mpii.pckh_table(predictions, gt["keypoints"], gt["visible"], gt["head_sizes"])
     names = list(metrics_mpii.GROUP_NAMES) + ["Mean", "Mean14"]
     print(f"{'':<10}" + "".join(f"{name:>9}" for name in names))
     for suffix, label in (("", "PCKh@0.5"), ("@0.1", "PCKh@0.1")):
         print(f"{label:<10}" + "".join(f"{table[name + suffix]:9.2f}" for name in names))
-    print(f"persons: {table['num_persons']}")
+    print(f"persons: {table['num_persons']}  (predictions read as {index_base}-based pixels)")
+    non_finite = int(np.count_nonzero(~np.isfinite(predictions).all(-1) & gt["visible"]))
+    if non_finite:
+        print(f"note: {non_finite} labelled joints have non-finite predictions (counted as wrong, as HRNet does)")
     output = {}
     for suffix in ("", "@0.1"):
         output.update({name + suffix: round(float(table[name + suffix]), 4) for name in names})
@@ -62,12 +107,17 @@ def score_mpii(gt_path: str, preds_path: str | None) -> Dict[str, float]:
 
 
 def main(argv: List[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Score keypoint predictions (COCO AP or MPII PCKh).")
+    parser = cli.ArgumentParser(prog="python -m pipeline.score",
+                                description="Score keypoint predictions (COCO AP or MPII PCKh).")
     parser.add_argument("--coco-gt", help="COCO person keypoints json")
     parser.add_argument("--results", help="COCO keypoint results json")
     parser.add_argument("--mpii-gt", help="gt_valid.mat layout file")
-    parser.add_argument("--preds", help="mat with pos_pred_src (1-based) or preds (0-based)")
+    parser.add_argument("--preds", help="mat with preds (N, 16, 2) or pos_pred_src (16, 2, N)")
+    parser.add_argument("--preds-index-base", type=int, choices=(0, 1), default=metrics_mpii.PREDICTION_INDEX_BASE,
+                        help="pixel index base of the --preds file: 1 (default; HRNet/DarkPose pred.mat, "
+                             "bearpaw, Tompson) or 0 (0-based pixels: 1 is added)")
     args = parser.parse_args(argv)
+    files = " and ".join(path for path in (args.coco_gt or args.mpii_gt, args.results or args.preds) if path)
     try:
         if args.coco_gt and args.mpii_gt:
             raise ValueError("give either --coco-gt or --mpii-gt, not both")
@@ -76,15 +126,19 @@ def main(argv: List[str] | None = None) -> int:
                 raise ValueError("--results is required with --coco-gt")
             stats = score_coco(args.coco_gt, args.results)
         elif args.mpii_gt:
-            stats = score_mpii(args.mpii_gt, args.preds)
+            stats = score_mpii(args.mpii_gt, args.preds, args.preds_index_base)
         else:
             raise ValueError("one of --coco-gt or --mpii-gt is required")
-    except (ValueError, FileNotFoundError, OSError) as error:
+        line = jsonio.dumps(stats)  # strict JSON: a NaN metric is null
+    except (ValueError, OSError) as error:  # ours: the message names the file and entry
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(stats))
+    except Exception as error:  # noqa: BLE001 -- a library's own error (pycocotools assert, KeyError, ...)
+        print(f"error: scoring {files} failed: {cli.describe_exception(error)}", file=sys.stderr)
+        return 2
+    print(line)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m pipeline.score"))

@@ -43,7 +43,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -54,7 +53,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from pipeline import cli
 from schemas.keypoints import COCO
+from schemas import jsonio
 
 GENERATOR_VERSION = 3
 TRAIN_IMAGE_ID_OFFSET = 0
@@ -451,7 +452,7 @@ def _sha256(path: str) -> str:
 def _write_json(path: str, payload: Any) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, sort_keys=True, separators=(",", ":"))
+        handle.write(jsonio.dumps(payload, sort_keys=True, separators=(",", ":")))
     os.replace(temporary, path)
 
 
@@ -565,7 +566,8 @@ def generate_dataset(out_dir: str, spec: SyntheticSpec | None = None) -> Dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the embedded synthetic COCO-format pose dataset.")
+    parser = cli.ArgumentParser(prog="python -m pipeline.synthetic",
+                                description="Write the embedded synthetic COCO-format pose dataset.")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train-images", type=int, default=SyntheticSpec.num_train_images)
     parser.add_argument("--val-images", type=int, default=SyntheticSpec.num_val_images)
@@ -573,10 +575,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = SyntheticSpec(num_train_images=args.train_images, num_val_images=args.val_images, seed=args.seed)
     info = generate_dataset(args.out, spec)
-    print(json.dumps({"splits": info["splits"], "paths": info["paths"], "content_hash": info["content_hash"]},
+    print(jsonio.dumps({"splits": info["splits"], "paths": info["paths"], "content_hash": info["content_hash"]},
                      indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m pipeline.synthetic"))

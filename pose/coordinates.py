@@ -43,6 +43,16 @@ PADDING = 1.25
 MATLAB_TO_ZERO_BASED = -1.0
 """Offset added to MATLAB 1-based pixel coordinates (MPII) to get our frame."""
 
+BOX_VALID, BOX_INVALID, BOX_OUTSIDE_IMAGE = 0, 1, 2
+BOX_STATUS = ("valid", "invalid_box", "box_outside_image")
+"""Names of the box status codes of :func:`clip_boxes` / :func:`clip_boxes_tf` (index = code).
+
+``invalid_box``: a non-finite coordinate, or width or height <= 0.
+``box_outside_image``: a valid box with zero area after clipping to the image.
+The names are ExampleGen's skip reasons; the codes are the ``box_status``
+output of the serving signature ``predict_image`` (:mod:`schemas.serving`).
+"""
+
 Size = Tuple[int, int]
 
 
@@ -81,6 +91,40 @@ def box_to_center_scale(boxes: np.ndarray, aspect_ratio: float, padding: float =
     h_fixed = np.where(wider, w / aspect_ratio, h)
     scale = np.stack([w_fixed, h_fixed], axis=-1) * padding
     return center, scale
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The box rule of ExampleGen and serving: clips COCO ``[x, y, w, h]`` boxes to an image.
+
+    A box is ``invalid_box`` when any coordinate is non-finite or ``w <= 0``
+    or ``h <= 0`` (never widened); otherwise its corners ``(x, y)`` and
+    ``(x + w, y + h)`` are clipped to the pixel-centre extent
+    ``[0, W - 1] x [0, H - 1]`` (mmpose's sanitising of COCO boxes, in our
+    pixel-centre frame), and it is ``box_outside_image`` when the clipped box
+    has zero width or height. :func:`clip_boxes_tf` is the TF twin (the graph of
+    ``predict_image``); a test ties them.
+
+    Args:
+        boxes: (N, 4) ``[x, y, w, h]`` in image pixels (anything ``np.asarray`` takes).
+        width, height: image size in pixels.
+
+    Returns:
+        ``(clipped, status)``: float64 (N, 4) clipped ``[x, y, w, h]``, all
+        zeros where the box is not valid; int32 (N,) codes :data:`BOX_VALID`,
+        :data:`BOX_INVALID`, :data:`BOX_OUTSIDE_IMAGE` (names in :data:`BOX_STATUS`).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    finite = np.all(np.isfinite(boxes), axis=1)
+    safe = np.where(finite[:, None], boxes, 0.0)
+    positive = finite & (safe[:, 2] > 0) & (safe[:, 3] > 0)
+    x1 = np.clip(safe[:, 0], 0, width - 1)
+    y1 = np.clip(safe[:, 1], 0, height - 1)
+    x2 = np.clip(safe[:, 0] + safe[:, 2], 0, width - 1)
+    y2 = np.clip(safe[:, 1] + safe[:, 3], 0, height - 1)
+    inside = (x2 > x1) & (y2 > y1)
+    status = np.where(positive, np.where(inside, BOX_VALID, BOX_OUTSIDE_IMAGE), BOX_INVALID).astype(np.int32)
+    clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+    return np.where((status == BOX_VALID)[:, None], clipped, 0.0), status
 
 
 def crop_affine(center: np.ndarray, scale: np.ndarray, output_size: Sequence[int],
@@ -197,6 +241,26 @@ def box_to_center_scale_tf(boxes: tf.Tensor, aspect_ratio: float, padding: float
     w_fixed = tf.where(wider, w, h * aspect_ratio)
     h_fixed = tf.where(wider, w / aspect_ratio, h)
     return center, tf.stack([w_fixed, h_fixed], axis=-1) * padding
+
+
+def clip_boxes_tf(boxes: tf.Tensor, width, height) -> Tuple[tf.Tensor, tf.Tensor]:
+    """TF twin of :func:`clip_boxes` (float32): boxes (N, 4), scalar image width/height
+    (any numeric dtype, may be tensors) -> clipped (N, 4) float32, status (N,) int32."""
+    boxes = tf.reshape(tf.convert_to_tensor(boxes, dtype=tf.float32), [-1, 4])
+    max_x = tf.cast(width, tf.float32) - 1.0
+    max_y = tf.cast(height, tf.float32) - 1.0
+    finite = tf.reduce_all(tf.math.is_finite(boxes), axis=1)
+    safe = tf.where(finite[:, None], boxes, tf.zeros_like(boxes))
+    x, y, w, h = tf.unstack(safe, axis=1)
+    positive = finite & (w > 0) & (h > 0)
+    x1 = tf.clip_by_value(x, 0.0, max_x)
+    y1 = tf.clip_by_value(y, 0.0, max_y)
+    x2 = tf.clip_by_value(x + w, 0.0, max_x)
+    y2 = tf.clip_by_value(y + h, 0.0, max_y)
+    inside = (x2 > x1) & (y2 > y1)
+    status = tf.where(positive, tf.where(inside, BOX_VALID, BOX_OUTSIDE_IMAGE), BOX_INVALID)
+    clipped = tf.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+    return tf.where(tf.equal(status, BOX_VALID)[:, None], clipped, tf.zeros_like(clipped)), tf.cast(status, tf.int32)
 
 
 def crop_affine_tf(center: tf.Tensor, scale: tf.Tensor, output_size: Sequence[int],

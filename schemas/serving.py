@@ -1,7 +1,9 @@
 """The exported model's signature contract (names of inputs and outputs).
 
 Written by ``trainer/export.py``, read by the evaluator, the gate and users.
-The SavedModel lives at ``<model_dir>/Format-Serving/`` (TFX layout).
+The SavedModel lives at ``<model_dir>/Format-Serving/`` (TFX layout), pushed
+copies at ``<push_destination>/<version>/``. It loads with the TF2 loader and
+with the session loader of TF Serving / ``saved_model_cli run`` (docs/serving.md).
 
 ``serving_default``:
     input ``examples``: (B,) serialized person-crop records (:mod:`schemas.features`).
@@ -13,8 +15,26 @@ The SavedModel lives at ``<model_dir>/Format-Serving/`` (TFX layout).
         ``center``, ``scale`` (B, 2) float32 -- passed through from the records.
 
 ``predict_image``:
-    inputs ``image`` () string (encoded JPEG/PNG), ``boxes`` (N, 4) float32 COCO [x, y, w, h].
-    outputs ``keypoints`` (N, K, 2) float32 image pixels, ``scores`` (N, K) float32.
+    inputs ``image`` () string (encoded JPEG or PNG, decoded by ExampleGen's rule
+    ``pose.images``; other formats: InvalidArgument), ``boxes`` (N, 4) float32
+    COCO [x, y, w, h] in image pixels.
+    outputs:
+        ``keypoints``  (N, K, 2) float32, image pixels (x, y)
+        ``scores``     (N, K)    float32, heatmap maxima (flip-averaged)
+        ``box_valid``  (N,)      bool, the box passed ExampleGen's box rule
+        ``box_status`` (N,)      int32, index into ``pose.coordinates.BOX_STATUS``:
+                                 0 ``valid``, 1 ``invalid_box`` (a non-finite
+                                 coordinate, or w <= 0 or h <= 0),
+                                 2 ``box_outside_image`` (zero area after clipping)
+    Boxes follow ExampleGen's rule (``pose.coordinates.clip_boxes``): a valid
+    box is clipped to ``[0, W-1] x [0, H-1]`` before it is padded to the input
+    aspect ratio (COCO models; MPII models use it unclipped, as ExampleGen
+    uses MPII windows), so a box partly outside the image gives the crop
+    ExampleGen makes for it. A box that is not valid gets ``keypoints`` 0 and
+    ``scores`` 0 (never NaN, never a widened box) and does not go through the
+    network; the other boxes' outputs do not depend on it (beyond float
+    rounding). No error is raised for a bad box; a bad ``image`` (not
+    decodable) fails the request with InvalidArgument.
 
 ``heatmaps``:
     input ``images`` (B, H_in, W_in, 3) float32 RGB 0..255 crops.
@@ -28,9 +48,16 @@ PREDICT_IMAGE = "predict_image"
 HEATMAPS = "heatmaps"
 
 INPUT_EXAMPLES = "examples"
+INPUT_IMAGE = "image"
+INPUT_BOXES = "boxes"
+INPUT_IMAGES = "images"
 OUTPUT_KEYPOINTS_CROP = "keypoints_crop"
 OUTPUT_KEYPOINTS_IMAGE = "keypoints_image"
 OUTPUT_SCORES = "scores"
+OUTPUT_KEYPOINTS = "keypoints"
+OUTPUT_BOX_VALID = "box_valid"
+OUTPUT_BOX_STATUS = "box_status"
+OUTPUT_HEATMAPS = "heatmaps"
 PASSTHROUGH = {
     "image_id": "image/id",
     "annotation_id": "annotation/id",

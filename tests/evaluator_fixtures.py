@@ -3,6 +3,8 @@
 * :func:`write_coco_eval_records`: real COCO sample annotations + images ->
   ``Split-eval`` person-crop records built with :func:`schemas.features.build_example`
   (ground-truth boxes, the record spec and the coordinate convention of the project).
+* :func:`pycocotools_stats`: COCOeval run directly on a GT dict and a results
+  list, the outside reference for our scoring.
 * :func:`export_fake_model`: a tiny SavedModel that honours :mod:`schemas.serving`
   exactly; its ``serving_default`` parses the records with
   :func:`schemas.features.parse_records` and returns the records' own
@@ -119,7 +121,9 @@ class FakePoseModel(tf.Module):
                                   tf.TensorSpec([None, 4], tf.float32, name="boxes")])
     def predict_image(self, image, boxes):
         count = tf.shape(boxes)[0]
-        return {"keypoints": tf.zeros([count, self._num_joints, 2]), "scores": tf.zeros([count, self._num_joints])}
+        return {"keypoints": tf.zeros([count, self._num_joints, 2]), "scores": tf.zeros([count, self._num_joints]),
+                serving.OUTPUT_BOX_VALID: tf.ones([count], tf.bool),
+                serving.OUTPUT_BOX_STATUS: tf.zeros([count], tf.int32)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE[0], INPUT_SIZE[1], 3], tf.float32, name="images")])
     def heatmaps(self, images):
@@ -172,3 +176,22 @@ def mpii_records(json_path: str, image_dir: str) -> List[bytes]:
         }
         records.append(features.build_example(record).SerializeToString())
     return records
+
+
+def pycocotools_stats(gt_dataset, results):
+    """COCOeval run directly (the outside reference), on a GT dict and a results list."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO as CocoApi
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = CocoApi()
+        api.dataset = gt_dataset
+        api.createIndex()
+        evaluator = COCOeval(api, api.loadRes(results), "keypoints")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats

@@ -8,6 +8,7 @@ import tensorflow as tf
 from pose import coordinates
 from pose.codec import HeatmapCodec
 from pose.config import build_config
+from pose.images import decode_image_tf
 from schemas import features
 from schemas.keypoints import get_schema
 from tests import records_util
@@ -21,7 +22,7 @@ IDENTITY_AUGMENTATION = {"enabled": True, "flip": False, "scale_factor": 0.0, "r
 
 def stack_records(records, codec):
     """Record dicts -> the arrays the trainer sees (images decoded by TF, heatmaps from storage)."""
-    images = np.stack([tf.io.decode_jpeg(r["image/encoded"], channels=3).numpy() for r in records])
+    images = np.stack([decode_image_tf(r["image/encoded"]).numpy() for r in records])
     keypoints = np.stack([np.asarray(r["keypoints/crop"], np.float32) for r in records])
     visibility = np.stack([r["keypoints/visibility"] for r in records]).astype(np.int32)
     heatmaps = np.stack([features.decode_heatmaps(features.encode_heatmaps(r["heatmaps/encoded"]),

@@ -134,3 +134,38 @@ def test_sizes_are_validated():
         C.crop_affine(np.zeros((1, 2)), np.ones((1, 2)), (1, 192))
     with pytest.raises(ValueError, match="heatmap_size"):
         C.crop_to_heatmap_factor((256, 192), (64,))
+
+
+def test_box_rule_numpy_and_tf_twins_agree():
+    """ExampleGen's box rule (NumPy) and the serving graph's (TF): same clipped boxes, same status codes."""
+    width, height = 640, 425
+    nan, inf = float("nan"), float("inf")
+    boxes = np.array([
+        [277.1, 45.7, 225.1, 333.6],      # inside
+        [-10.0, -10.0, 50.0, 40.0],       # partly outside: clipped at the top-left
+        [600.0, 400.0, 100.0, 100.0],     # partly outside: clipped at the bottom-right
+        [300.0, 100.0, 0.3, 0.3],         # tiny but valid
+        [300.0, 100.0, 0.0, 120.0],       # zero width
+        [300.0, 100.0, 50.0, -10.0],      # negative height
+        [300.0, 100.0, 0.0, 0.0],         # zero area
+        [nan, 100.0, 50.0, 80.0],         # NaN
+        [0.0, 0.0, inf, 10.0],            # infinite
+        [700.0, 100.0, 50.0, 80.0],       # right of the image
+        [-80.0, 100.0, 80.0, 80.0],       # touches the left border only at x = 0: zero width after clipping
+        [639.0, 0.0, 5.0, 5.0],           # starts on the last pixel centre: zero width after clipping
+        [0.0, 0.0, 640.0, 425.0],         # the whole image
+    ], np.float32)
+    clipped, status = C.clip_boxes(boxes, width, height)
+    assert status.dtype == np.int32
+    assert [C.BOX_STATUS[code] for code in status] == (
+        ["valid"] * 4 + ["invalid_box"] * 5 + ["box_outside_image"] * 3 + ["valid"])
+    np.testing.assert_allclose(clipped[1], [0, 0, 40, 30])
+    np.testing.assert_allclose(clipped[2], [600, 400, 39, 24])
+    np.testing.assert_allclose(clipped[12], [0, 0, 639, 424])
+    assert np.all(clipped[status != C.BOX_VALID] == 0) and np.all(np.isfinite(clipped))
+    clipped_tf, status_tf = C.clip_boxes_tf(tf.constant(boxes), tf.constant(width), tf.constant(height))
+    assert status_tf.dtype == tf.int32
+    np.testing.assert_array_equal(status_tf.numpy(), status)
+    np.testing.assert_allclose(clipped_tf.numpy(), clipped, atol=1e-4)
+    empty_clipped, empty_status = C.clip_boxes_tf(tf.zeros([0, 4]), width, height)
+    assert empty_clipped.shape == (0, 4) and empty_status.shape == (0,)

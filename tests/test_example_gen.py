@@ -326,7 +326,7 @@ def test_cli_exit_code_and_message(tmp_path):
     broken.write_text("[1, 2")
     code = example_gen.main(["--dataset", "mpii", "--eval-annotations", str(broken), "--eval-images",
                              str(tmp_path), "--out", str(tmp_path / "out")])
-    assert code == 1 and not (tmp_path / "out").exists()
+    assert code == 2 and not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from pose.codec import HeatmapCodec
 from pose.config import build_config
+from pose.images import decode_image_tf
 from schemas import features
 from tests import records_util
 from trainer.input_pipeline import list_files, make_dataset
@@ -28,7 +29,7 @@ def examples(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
     records_util.write_split(records, str(out / "four"), "train", NUM_SHARDS)
     records_util.write_split(records, str(out / "one"), "train", 1)
-    images = [tf.io.decode_jpeg(r["image/encoded"], channels=3).numpy() for r in records]
+    images = [decode_image_tf(r["image/encoded"]).numpy() for r in records]
     heatmaps = [features.decode_heatmaps(features.encode_heatmaps(r["heatmaps/encoded"]), codec.heatmap_size, 17)
                 for r in records]
     return {"config": config, "codec": codec, "records": records, "images": images, "heatmaps": heatmaps,

@@ -7,6 +7,7 @@ import pytest
 
 from components import metrics_coco
 from schemas.keypoints import COCO
+from tests.evaluator_fixtures import pycocotools_stats
 
 EXPECTED_NAMES = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AP_M": "APm", "AP_L": "APl",
                   "AR": "AR", "AR50": "AR50", "AR75": "AR75", "AR_M": "ARm", "AR_L": "ARl"}
@@ -110,9 +111,9 @@ def test_results_grouped_per_image_and_nms_toggle():
 
 def test_errors_are_clear(shared_data):
     gt_path = os.path.join(shared_data, "coco_val2017_mmpose4", "person_keypoints_val2017_mmpose4.json")
-    with pytest.raises(ValueError, match="image ids missing"):
+    with pytest.raises(ValueError, match="entry 0: image_id 123 is not in the ground truth"):
         metrics_coco.evaluate_results(gt_path, [{"image_id": 123, "keypoints": [0.0] * 51, "score": 1.0}])
-    with pytest.raises(ValueError, match="keypoint values"):
+    with pytest.raises(ValueError, match="entry 0: keypoints must be a list of 51 numbers"):
         metrics_coco.evaluate_results(gt_path, [{"image_id": 785, "keypoints": [0.0] * 50, "score": 1.0}])
     with pytest.raises(ValueError, match="detector boxes"):
         metrics_coco.ground_truth_from_persons([{"annotation_id": -1}])
@@ -120,3 +121,157 @@ def test_errors_are_clear(shared_data):
         metrics_coco.persons_to_results([], nms_threshold=1.5)
     stats, _ = metrics_coco.evaluate_results(gt_path, [])
     assert stats["AP"] == 0.0 and stats["num_results"] == 0
+
+
+# --------------------------------------------------------------------------
+# Interop with files nobody here wrote (issue 12): ids, area, -1, order, bad entries
+# --------------------------------------------------------------------------
+
+def _interop(shared_data, name):
+    return os.path.join(shared_data, "interop_cases", "coco_scoring", name)
+
+
+def test_string_image_ids_are_converted_and_score_like_pycocotools(shared_data):
+    with open(_interop(shared_data, "res_string_image_id.json")) as handle:
+        raw = json.load(handle)
+    assert all(isinstance(r["image_id"], str) for r in raw)
+    with open(_interop(shared_data, "gt_785.json")) as handle:
+        gt = json.load(handle)
+    reference = pycocotools_stats(gt, [dict(r, image_id=int(r["image_id"])) for r in raw])
+    stats, _ = metrics_coco.evaluate_results(_interop(shared_data, "gt_785.json"), raw)
+    assert stats["AP"] == reference[0] == pytest.approx(1.0)
+    assert [stats[name] for name in metrics_coco.STAT_NAMES] == pytest.approx(list(reference), abs=1e-12)
+    assert stats["ids_converted"] == len(raw)
+
+
+def test_empty_results_report_pycocotools_minus_one(shared_data):
+    stats, per_keypoint = metrics_coco.evaluate_results(_interop(shared_data, "gt_785.json"), [])
+    # gt_785 holds one large person: no medium person -> pycocotools' -1, not 0
+    assert stats["AP_M"] == stats["AR_M"] == -1.0
+    assert stats["AP"] == stats["AP_L"] == stats["AR"] == 0.0
+    assert all(v["count"] == 0 for v in per_keypoint.values())
+    # and with results, -1 comes through unchanged as pycocotools reports it
+    results = metrics_coco.load_results(_interop(shared_data, "res_785.json"))
+    stats, _ = metrics_coco.evaluate_results(_interop(shared_data, "gt_785.json"), results)
+    assert stats["AP_M"] == -1.0 and stats["AP"] == pytest.approx(1.0)
+    json.dumps(stats, allow_nan=False)  # strict JSON
+
+
+def test_missing_area_is_derived_from_the_box_like_xtcocotools(shared_data):
+    with open(_interop(shared_data, "gt_785_no_area.json")) as handle:
+        gt = json.load(handle)
+    assert all("area" not in a for a in gt["annotations"])
+    results = metrics_coco.load_results(_interop(shared_data, "res_785.json"))
+    api = metrics_coco.load_ground_truth(_interop(shared_data, "gt_785_no_area.json"))
+    assert api.notes[metrics_coco.AREA_FROM_BOX] == len(gt["annotations"])
+    stats, _ = metrics_coco.evaluate_results(api, results)
+    assert stats["AP"] == pytest.approx(1.0) and stats[metrics_coco.AREA_FROM_BOX] == 1
+    # the same numbers as pycocotools on the file with area = 0.53 * w * h written in
+    for annotation in gt["annotations"]:
+        annotation["area"] = 0.53 * annotation["bbox"][2] * annotation["bbox"][3]
+    reference = pycocotools_stats(gt, results)
+    assert [stats[name] for name in metrics_coco.STAT_NAMES] == pytest.approx(list(reference), abs=1e-12)
+    # the rule itself
+    assert metrics_coco.oks_area(None, [0, 0, 10, 20]) == (pytest.approx(106.0), True)
+    assert metrics_coco.oks_area(0.0, [0, 0, 10, 20])[1] is True
+    assert metrics_coco.oks_area(float("nan"), [0, 0, 10, 20])[1] is True
+    assert metrics_coco.oks_area(50.0, None) == (50.0, False)
+    with pytest.raises(ValueError, match="not a number"):
+        metrics_coco.oks_area("big", [0, 0, 10, 20])
+    with pytest.raises(ValueError, match="no positive finite"):
+        metrics_coco.oks_area(None, [0, 0, 0, 20])
+
+
+def test_ground_truth_from_records_without_area_uses_the_rule():
+    base = np.random.default_rng(3).uniform(60, 240, (17, 2))
+    person = {"image_id": 1, "annotation_id": 7, "image_height": 300, "image_width": 300, "gt_keypoints": base,
+              "visibility": np.full(17, 2), "gt_area": 0.0, "center": np.array([150.0, 150.0]),
+              "scale": np.array([250.0, 312.5])}
+    gt = metrics_coco.ground_truth_from_persons([person], padding=1.25)
+    assert gt["annotations"][0]["area"] == pytest.approx(0.53 * 200.0 * 250.0)
+    assert gt["info"][metrics_coco.AREA_FROM_BOX] == 1
+    prediction = dict(person, keypoints=base + 2.0, keypoint_scores=np.full(17, 0.9), box_score=1.0, area=5000.0)
+    stats, _, _ = metrics_coco.evaluate_persons([prediction])
+    assert stats["AP"] > 0.9 and stats[metrics_coco.AREA_FROM_BOX] == 1  # area 0 gave AP 0.0
+    gt = metrics_coco.ground_truth_from_persons([dict(person, gt_area=1234.0)])
+    assert gt["annotations"][0]["area"] == 1234.0 and gt["info"][metrics_coco.AREA_FROM_BOX] == 0
+
+
+def test_results_order_does_not_change_ap(shared_data):
+    """Equal scores: COCOeval's stable sort keeps input order, so we fix the order first."""
+    gt_path = _interop(shared_data, "gt_785.json")
+    good = metrics_coco.load_results(_interop(shared_data, "res_785.json"))[0]
+    bad = dict(good, keypoints=[v + 40.0 if i % 3 != 2 else v for i, v in enumerate(good["keypoints"])])
+    first = [dict(good, score=0.5), dict(bad, score=0.5)]
+    aps = {metrics_coco.evaluate_results(gt_path, order)[0]["AP"] for order in (first, first[::-1])}
+    assert len(aps) == 1
+    # raw pycocotools does depend on the order here (the reason for the fix)
+    with open(gt_path) as handle:
+        gt = json.load(handle)
+    raw = {round(pycocotools_stats(json.loads(json.dumps(gt)), [dict(r) for r in order])[0], 6)
+           for order in (first, first[::-1])}
+    assert len(raw) == 2
+
+
+def test_persons_order_does_not_change_nms_or_ap():
+    base = np.random.default_rng(5).uniform(20, 200, (17, 2))
+    persons = []
+    for image_id in (1, 2):
+        for shift in (0.0, 0.3, 25.0):  # two near-duplicates (NMS) and a distinct pose, equal scores
+            persons.append({"image_id": image_id, "annotation_id": len(persons), "keypoints": base + shift,
+                            "keypoint_scores": np.full(17, 0.8), "box_score": 1.0, "area": 4e4,
+                            "image_height": 300, "image_width": 300, "gt_keypoints": base + shift,
+                            "visibility": np.full(17, 2), "gt_area": 4e4,
+                            "center": np.array([100.0, 100.0]), "scale": np.array([200.0, 250.0])})
+    outputs = set()
+    for seed in range(4):
+        order = np.random.default_rng(seed).permutation(len(persons))
+        shuffled = [persons[i] for i in order]
+        stats, _, results = metrics_coco.evaluate_persons(shuffled)
+        outputs.add((json.dumps(results), round(stats["AP"], 12)))
+    assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"image_id": "abc"}, "entry 0: image_id 'abc' is not an integer id"),
+    ({"image_id": 785.5}, "is not an integer id"),
+    ({"category_id": "1"}, None),                              # integer string: converted
+    ({"category_id": 2}, "entry 0: category_id 2 is not a ground-truth category"),
+    ({"category_id": "person"}, "category_id 'person' is not an integer id"),
+    ({"score": float("nan")}, "entry 0: score nan is not a finite number"),
+    ({"score": "0.9"}, "score '0.9' is not a finite number"),
+    ({"keypoints": [1.0] * 50}, "keypoints must be a list of 51 numbers"),
+    ({"keypoints": [float("nan")] * 51}, "non-finite"),
+    ({"image_id": 999}, "image_id 999 is not in the ground truth"),
+])
+def test_bad_results_entries_name_the_file_and_entry(shared_data, entry, message):
+    gt_path = _interop(shared_data, "gt_785.json")
+    good = metrics_coco.load_results(_interop(shared_data, "res_785.json"))[0]
+    results = [dict(good, **entry)]
+    if message is None:
+        assert metrics_coco.evaluate_results(gt_path, results, source="res.json")[0]["AP"] == pytest.approx(1.0)
+        return
+    with pytest.raises(ValueError, match=f"res.json: {message}" if message.startswith("entry") else message):
+        metrics_coco.evaluate_results(gt_path, results, source="res.json")
+
+
+def test_missing_fields_and_bad_ground_truth_name_the_entry(shared_data):
+    gt_path = _interop(shared_data, "gt_785.json")
+    good = metrics_coco.load_results(_interop(shared_data, "res_785.json"))[0]
+    for key in ("image_id", "keypoints", "score"):
+        entry = {k: v for k, v in good.items() if k != key}
+        with pytest.raises(ValueError, match=f"res.json: entry 1: missing '{key}'"):
+            metrics_coco.evaluate_results(gt_path, [good, entry], source="res.json")
+    with pytest.raises(ValueError, match="entry 0: not an object"):
+        metrics_coco.evaluate_results(gt_path, [[1, 2]], source="res.json")
+    with open(gt_path) as handle:
+        gt = json.load(handle)
+    no_box = json.loads(json.dumps(gt))
+    del no_box["annotations"][0]["bbox"]
+    with pytest.raises(ValueError, match=r"annotations\[0\] \(id \d+\): .*bbox"):
+        metrics_coco.load_ground_truth(no_box)
+    no_num = json.loads(json.dumps(gt))
+    del no_num["annotations"][0]["num_keypoints"], no_num["annotations"][0]["iscrowd"]
+    api = metrics_coco.load_ground_truth(no_num)
+    assert api.notes["num_keypoints_filled"] == 1
+    assert metrics_coco.evaluate_results(api, [good])[0]["AP"] == pytest.approx(1.0)

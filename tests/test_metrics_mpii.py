@@ -34,14 +34,80 @@ def test_pckh_of_tompson_predictions_matches_expected(dev):
     assert metrics_mpii.pckh_summary(loose, counts)["Mean"] > table["Mean@0.1"]
 
 
-def test_zero_based_preds_get_one_added(dev, tmp_path):
-    """HRNet's pred.mat holds 0-based predictions (N, 16, 2); the loader adds 1 like HRNet's evaluation."""
+def test_preds_are_one_based_by_default_and_zero_based_on_request(dev, tmp_path):
+    """HRNet/DarkPose add 1 *before* saving pred.mat (lib/dataset/mpii.py), bearpaw's preds are
+    1-based too: ``preds`` is read as is by default; ``index_base=0`` adds 1 for 0-based files."""
     directory, gt, _ = dev
-    path = str(tmp_path / "pred.mat")
-    savemat(path, {"preds": gt["pos_pred_src"] - 1.0})
-    np.testing.assert_allclose(metrics_mpii.load_predictions(path), gt["pos_pred_src"], atol=1e-9)
+    one_based, zero_based = str(tmp_path / "pred.mat"), str(tmp_path / "pred0.mat")
+    savemat(one_based, {"preds": gt["pos_pred_src"]})
+    savemat(zero_based, {"preds": gt["pos_pred_src"] - 1.0})
+    np.testing.assert_array_equal(metrics_mpii.load_predictions(one_based), gt["pos_pred_src"])
+    np.testing.assert_allclose(metrics_mpii.load_predictions(zero_based, index_base=0), gt["pos_pred_src"], atol=1e-9)
+    with_scores = str(tmp_path / "pred3.mat")  # (N, 16, 3): scores dropped
+    savemat(with_scores, {"preds": np.concatenate([gt["pos_pred_src"], np.ones_like(gt["pos_pred_src"][..., :1])], -1)})
+    np.testing.assert_array_equal(metrics_mpii.load_predictions(with_scores), gt["pos_pred_src"])
     direct = metrics_mpii.load_predictions(os.path.join(directory, "gt_valid_dev.mat"))
     np.testing.assert_array_equal(direct, gt["pos_pred_src"])
+    with pytest.raises(ValueError, match="index_base"):
+        metrics_mpii.load_predictions(one_based, index_base=2)
+
+
+def test_hrnet_pred_mat_gives_the_right_values(shared_data):
+    """interop_cases/mpii_hrnet_pred_mat: Tompson's predictions saved the HRNet way (1-based)."""
+    directory = os.path.join(shared_data, "interop_cases", "mpii_hrnet_pred_mat")
+    gt = metrics_mpii.load_gt_valid(os.path.join(directory, "gt_valid_300rows.mat"))
+    predictions = metrics_mpii.load_predictions(os.path.join(directory, "hrnet_pred.mat"))
+    table = metrics_mpii.pckh_table(predictions, gt["keypoints"], gt["visible"], gt["head_sizes"])
+    assert table["Mean"] == pytest.approx(81.4728, abs=1e-4)
+    assert table["Mean@0.1"] == pytest.approx(25.3968, abs=1e-4)
+    assert table["Hip@0.1"] == pytest.approx(9.0451, abs=1e-4)
+    assert table["Ankle@0.1"] == pytest.approx(15.3462, abs=1e-4)
+    np.testing.assert_allclose(predictions, gt["pos_pred_src"], atol=1e-6)  # the same as pos_pred_src
+
+
+def test_hrnet_formula_on_raw_mat_files_agrees(shared_data):
+    """HRNet's evaluate() formula, written out on the raw .mat arrays (16 x 2 x N layout), as the reference."""
+    from scipy.io import loadmat
+
+    directory = os.path.join(shared_data, "interop_cases", "mpii_hrnet_pred_mat")
+    raw = loadmat(os.path.join(directory, "gt_valid_300rows.mat"))
+    preds = loadmat(os.path.join(directory, "hrnet_pred.mat"))["preds"]
+    pos_pred_src = np.transpose(preds, [1, 2, 0])
+    visible = 1 - raw["jnt_missing"]
+    error = np.linalg.norm(pos_pred_src - raw["pos_gt_src"], axis=1)
+    head = 0.6 * np.linalg.norm(raw["headboxes_src"][1] - raw["headboxes_src"][0], axis=0)
+    scaled = error / (head * np.ones((len(error), 1))) * visible
+    count = visible.sum(1)
+    pckh = 100.0 * ((scaled <= 0.5) * visible).sum(1) / count
+    ratio = np.ma.array(count, mask=False)
+    ratio.mask[6:8] = True
+    ratio = ratio / np.sum(ratio).astype(np.float64)
+    reference_mean = float(np.sum(np.ma.array(pckh, mask=ratio.mask) * ratio))
+    gt = metrics_mpii.load_gt_valid(os.path.join(directory, "gt_valid_300rows.mat"))
+    ours = metrics_mpii.pckh_table(metrics_mpii.load_predictions(os.path.join(directory, "hrnet_pred.mat")),
+                                   gt["keypoints"], gt["visible"], gt["head_sizes"])
+    assert ours["Mean"] == pytest.approx(reference_mean, abs=1e-9)
+
+
+def test_unreadable_mat_files_name_the_file(tmp_path):
+    text = tmp_path / "notmat.mat"
+    text.write_text("hello, not a mat file")
+    with pytest.raises(ValueError, match="notmat.mat: not a readable .mat file"):
+        metrics_mpii.load_predictions(str(text))
+    with pytest.raises(ValueError, match="notmat.mat: not a readable .mat file"):
+        metrics_mpii.load_gt_valid(str(text))
+    truncated = tmp_path / "truncated.mat"
+    savemat(str(truncated), {"preds": np.zeros((5, 16, 2))})
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated.mat"):
+        metrics_mpii.load_predictions(str(truncated))
+    wrong = tmp_path / "wrong.mat"
+    savemat(str(wrong), {"preds": np.zeros((5, 14, 2))})
+    with pytest.raises(ValueError, match=r"wrong.mat: preds must be \(N, 16, 2\)"):
+        metrics_mpii.load_predictions(str(wrong))
+    savemat(str(wrong), {"preds": np.array(["a", "b"])})
+    with pytest.raises(ValueError, match="wrong.mat"):
+        metrics_mpii.load_predictions(str(wrong))
 
 
 def test_perfect_predictions_and_threshold_edge():

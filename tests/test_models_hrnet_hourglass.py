@@ -187,6 +187,12 @@ def test_export_and_reload(models, real_records, tmp_path, name):
         direct = direct[-1]  # the last stack is the prediction
     exported = loaded.signatures[serving.HEATMAPS](images=tf.constant(images))["heatmaps"]
     np.testing.assert_allclose(exported.numpy(), np.asarray(direct), rtol=1e-4, atol=1e-5)
+    # The session loader (saved_model_cli run, TF Serving) restores every variable too.
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir).signature_def[serving.HEATMAPS]
+        from_session = session.run(signature.outputs[serving.OUTPUT_HEATMAPS].name,
+                                   {signature.inputs[serving.INPUT_IMAGES].name: np.asarray(images)})
+    np.testing.assert_allclose(from_session, exported.numpy(), rtol=1e-5, atol=1e-6)
 
     serialized = tf.constant([features.build_example(r).SerializeToString() for r in real_records])
     result = loaded.signatures[serving.SERVING_DEFAULT](examples=serialized)

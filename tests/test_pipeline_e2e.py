@@ -113,6 +113,13 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     assert index["baseline"] is None
     assert os.path.dirname(index["pushed_path"].rstrip("/")) == os.path.join(runs, "serving")
     assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
+    # pipeline.gate --baseline auto (CI, outside TFX) finds the model TFX's Pusher pushed.
+    from components import evaluator as evaluator_core
+
+    assert evaluator_core.resolve_baseline(os.path.join(runs, "serving")) == index["pushed_path"].rstrip("/")
+    with open(os.path.join(runs, "first", "INDEX.md")) as handle:
+        index_md = handle.read()
+    assert index_md.startswith("# Run ") and "BLESSED" in index_md and index["pushed_path"] in index_md
     assert index["lineage"]["model"]["id"] == model["id"]
     assert index["lineage"]["examples"]["id"] == examples["id"]
     assert "AP" in index["metrics"]

@@ -42,4 +42,4 @@ def test_preview_errors(tmp_path):
         preview.render_grid(str(tmp_path / "nothing-*.gz"), str(tmp_path / "x.png"))
     with pytest.raises(ValueError, match="num"):
         preview.render_grid(str(tmp_path), str(tmp_path / "x.png"), num=0)
-    assert preview.main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
+    assert preview.main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2

@@ -49,12 +49,14 @@ Command line (prints the per-layer table and the total):
 """
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 from typing import Dict, Sequence
 
 import keras
 from keras import layers
+
+from pipeline import cli
 
 
 def _spatial(shape: Sequence, layer_name: str) -> Sequence[int]:
@@ -179,7 +181,7 @@ def trainable_params(model: keras.Model) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: per-layer table and total for the model of a config file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m trainer.flops", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="experiment config YAML")
     parser.add_argument("--top", type=int, default=20, help="print the N most expensive layers")
     parser.add_argument("--transposed", choices=TRANSPOSED_CONVENTIONS, default="output",
@@ -201,4 +203,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m trainer.flops"))

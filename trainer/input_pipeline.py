@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import tensorflow as tf
 
 from pose.codec import HeatmapCodec
+from pose.images import decode_image_tf
 from schemas import examples as examples_layout
 from schemas import features
 from schemas.keypoints import get_schema
@@ -111,7 +112,7 @@ def make_decode_fn(config: Mapping[str, Any], codec: HeatmapCodec, decode_heatma
         parsed = features.parse_records(serialized[None], num_joints)
         # Every decode runs after the checks, so a mismatched record fails with their message.
         with tf.control_dependencies(_check_record(parsed, config, codec)):
-            image = tf.io.decode_image(parsed["image/encoded"][0], channels=3, expand_animations=False)
+            image = decode_image_tf(parsed["image/encoded"][0])
             example = {
                 "image": tf.ensure_shape(image, [in_h, in_w, 3]),
                 "keypoints": tf.identity(parsed["keypoints/crop"][0]),

@@ -19,8 +19,6 @@ the same step count.
 """
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import os
 import sys
@@ -28,10 +26,12 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import tensorflow as tf
 
+from pipeline import cli
 from pose.codec import HeatmapCodec
 from pose.config import load_config
 from schemas import examples as examples_layout
 from schemas import serving
+from schemas import jsonio
 from trainer import distribution, export, input_pipeline, train_loop
 from trainer.models import build_model
 
@@ -50,9 +50,9 @@ def _num_train_records(train_files: Sequence[str]) -> int:
     split_dirs = {os.path.dirname(path) for path in train_files}
     if len(split_dirs) == 1:
         manifest = os.path.join(os.path.dirname(split_dirs.pop()), examples_layout.MANIFEST_FILE)
-        if os.path.exists(manifest):
-            with open(manifest, encoding="utf-8") as handle:
-                count = json.load(handle).get("splits", {}).get("train")
+        if tf.io.gfile.exists(manifest):  # local or gs://
+            with tf.io.gfile.GFile(manifest, "r") as handle:
+                count = json.loads(handle.read()).get("splits", {}).get("train")
             if isinstance(count, int) and count > 0:
                 return count
     return _count_records(train_files)
@@ -88,10 +88,11 @@ def _resolve_files(patterns: str | Sequence[str]) -> List[str]:
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     files: List[str] = []
     for pattern in patterns:
-        if os.path.isdir(pattern):
+        if tf.io.gfile.isdir(pattern):  # local or gs://
             pattern = os.path.join(pattern, "*")
-        files.extend(sorted(glob.glob(pattern)))
-    files = [path for path in files if os.path.isfile(path)]
+        files.extend(sorted(tf.io.gfile.glob(pattern)))
+    files = [path for path in files  # like glob.glob: no hidden files; and no folders
+             if not os.path.basename(path.rstrip("/")).startswith(".") and not tf.io.gfile.isdir(path)]
     if not files:
         raise ValueError(f"no training files match {patterns!r}")
     return files
@@ -185,16 +186,16 @@ def train_and_export(examples_dir: str, config: Mapping[str, Any], model_dir: st
         trainer.train_loop.NonFiniteLossError: the loss became NaN/Inf.
     """
     split_dir = examples_layout.split_dir(examples_dir, "train")
-    if not os.path.isdir(split_dir):
+    if not tf.io.gfile.isdir(split_dir):  # local or gs://
         raise ValueError(f"examples_dir {examples_dir!r} has no Split-train directory")
-    os.makedirs(model_dir, exist_ok=True)
+    tf.io.gfile.makedirs(model_dir)
     summary = train_on_files(
         examples_layout.shard_pattern(examples_dir, "train"), config, os.path.join(model_dir, serving.SAVED_MODEL_DIR),
         os.path.join(model_dir, RUN_SUBDIR), os.path.join(model_dir, serving.KERAS_FILE), max_steps,
         strategy, log)
     if summary["chief"]:
-        with open(os.path.join(model_dir, SUMMARY_FILE), "w", encoding="utf-8") as handle:
-            json.dump(summary, handle, indent=2)
+        with tf.io.gfile.GFile(os.path.join(model_dir, SUMMARY_FILE), "w") as handle:
+            handle.write(jsonio.dumps(summary, indent=2))
     return summary
 
 
@@ -229,7 +230,7 @@ def run_fn(fn_args) -> Dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n")[0])
     parser.add_argument("--examples", required=True, help="ExampleGen output dir (with Split-train/)")
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. configs/demo.yaml")
     parser.add_argument("--model-dir", required=True, help="output dir (Format-Serving/, model.keras, run/)")
@@ -244,10 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, flush=True)
 
     summary = train_and_export(args.examples, config, args.model_dir, args.max_steps, strategy, log)
-    print(json.dumps({key: summary[key] for key in ("steps", "start_step", "final_loss", "examples_per_second",
+    print(jsonio.dumps({key: summary[key] for key in ("steps", "start_step", "final_loss", "examples_per_second",
                                                      "serving_model_dir")}), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m trainer.task"))
