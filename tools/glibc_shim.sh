@@ -30,7 +30,17 @@ if [ ! -x "$LOADER" ]; then
     rm -rf "$state" "$ROOT.tmp"
     mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc/sources.list.d" \
              "$state/etc/preferences.d" "$state/debs" "$ROOT.tmp"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${SHIM_DEBIAN_MIRROR:-http://deb.debian.org/debian} trixie main" \
+    # The Debian mirror this machine's apt already uses (deb822 .sources or one-line lists),
+    # unless SHIM_DEBIAN_MIRROR names one.
+    mirror=${SHIM_DEBIAN_MIRROR:-$( { sed -n 's|^URIs:[[:space:]]*\([^[:space:]]*/debian\)/*[[:space:]]*$|\1|p' \
+                                          /etc/apt/sources.list.d/*.sources 2>/dev/null
+                                      sed -n 's|^deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}\([^[:space:]]*/debian\)/*[[:space:]].*|\2|p' \
+                                          /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null; } | head -n 1)}
+    if [ -z "$mirror" ]; then
+        echo "glibc shim: no Debian mirror found in /etc/apt; set SHIM_DEBIAN_MIRROR to one (its /debian URL)" >&2
+        exit 2
+    fi
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
         > "$state/etc/sources.list"
     # A private apt state: own source list, lists, cache and parts folders; the system's apt
     # configuration is never read for sources nor written.
