@@ -1,40 +1,34 @@
-# Component image of the darkpose-tf pipeline (Kubeflow Pipelines / Vertex AI Pipelines),
-# also usable as a Dataflow custom SDK container base.
+# Component image of the darkpose-tf TFX pipeline (Kubeflow Pipelines / Vertex AI Pipelines),
+# based on the official TFX image of the same version (glibc >= 2.39 there: no shim needed).
+# It cannot be built on the development machine (no registry access); build it where Docker
+# and the registry are reachable:
 #
-#   docker build -t us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-python:0.1.0 .
-#   docker push  us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-python:0.1.0
-#   python pipeline.py --compile pipeline.yaml --image us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-python:0.1.0
+#   docker build -t us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-tfx:0.1.0 .
+#   docker push  us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-tfx:0.1.0
+#   python pipeline.py --compile pipeline.json --image us-docker.pkg.dev/$PROJECT/darkpose/darkpose-tf-tfx:0.1.0
 #
-# GPU trainer image (NVIDIA GPUs on Vertex AI / GKE):
-#   docker build --build-arg TF_EXTRA="[and-cuda]" -t .../darkpose-tf-python-gpu:0.1.0 .
-# The components are kfp lightweight components built with install_kfp_package=False:
-# everything they import (kfp, the project, TF, Beam) must be installed here.
-ARG PYTHON_IMAGE=python:3.11-slim
-FROM ${PYTHON_IMAGE}
+# KubeflowV2DagRunner runs each component as `python -m tfx.orchestration.kubeflow.v2.container.
+# kubeflow_v2_run_executor` in this image: TFX, kfp and the project must all be importable here.
+ARG TFX_IMAGE=gcr.io/tfx-oss-public/tfx:1.21.0
+FROM ${TFX_IMAGE}
 
-ARG TF_EXTRA=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
-# libgl/libglib are not needed by opencv-python-headless; libgomp is used by TF/OpenCV.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/*
+WORKDIR /pipeline
 
-WORKDIR /app
-
-# Dependencies first (cached layer): the pinned lock file constrains the ranges in setup.py.
+# Dependencies first (cached layer): the lock constrains the ranges in setup.py, with the
+# image's own tfx kept.
 COPY requirements.lock setup.py README.md ./
 RUN mkdir -p pose schemas trainer/models components pipeline \
     && touch pose/__init__.py schemas/__init__.py trainer/__init__.py trainer/models/__init__.py \
              components/__init__.py pipeline/__init__.py \
     && pip install -c requirements.lock . \
-    && if [ -n "$TF_EXTRA" ]; then pip install -c requirements.lock "tensorflow${TF_EXTRA}"; fi \
     && pip uninstall -y darkpose-tf
 
-# The project itself (installed non-editable so components import it from site-packages).
+# The project itself (non-editable: the executors import it from site-packages).
 COPY pose/ pose/
 COPY schemas/ schemas/
 COPY trainer/ trainer/
@@ -43,6 +37,4 @@ COPY pipeline/ pipeline/
 COPY configs/ configs/
 COPY pipeline.py ./
 RUN pip install --no-deps -c requirements.lock . \
-    && python -c "import pose, schemas, trainer, components, pipeline.stages, kfp, apache_beam, tensorflow"
-
-# kfp runs `python3 -m kfp.dsl.executor_main ...` from the component spec; no entrypoint needed.
+    && python -c "import pose, schemas, trainer, components.tfx_components, pipeline.pipeline, tfx.v1, kfp"

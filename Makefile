@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Where glibc < 2.39 (tfx 1.21's ml-metadata / TFDV wheels need 2.39), the venv's Python runs under
+# Debian 13's loader and libraries kept here (tools/glibc_shim.sh; nothing happens on glibc >= 2.39).
+SHIM := .glibc-shim
 PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -11,9 +14,10 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo test bench clean
 
-$(STAMP): setup.py requirements.lock
+$(STAMP): setup.py requirements.lock tools/glibc_shim.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@sh tools/glibc_shim.sh $(PYTHON) $(VENV) $(SHIM)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test]"
 	touch $(STAMP)
@@ -35,4 +39,4 @@ bench: install
 	$(PY) bench/models.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SHIM) build *.egg-info .pytest_cache

@@ -1,8 +1,8 @@
-"""darkpose-tf pipeline: run it locally (kfp.local) or compile it for Kubeflow / Vertex AI.
+"""darkpose-tf TFX pipeline: run it locally (LocalDagRunner + ML Metadata) or compile it for Kubeflow / Vertex AI.
 
     python pipeline.py --runner=DirectRunner                     # embedded demo (make demo)
     python pipeline.py --runner=DirectRunner --data coco --coco-root <dir> --config configs/coco/w32_256x192.yaml
-    python pipeline.py --compile pipeline.yaml --image <registry>/darkpose-tf-python:<tag>
+    python pipeline.py --compile pipeline.json --image <registry>/darkpose-tf-tfx:<tag>
 
 Other flags must be Beam pipeline options (checked with Beam's own option
 parser), passed unchanged to the Beam steps; anything else stops the command

@@ -10,6 +10,7 @@ RUNTIME_REQUIREMENTS = [
     "keras>=3.10,<4",
     "apache-beam[gcp]>=2.77,<2.78",
     "tensorflow-model-analysis>=0.52,<0.53",
+    "tfx>=1.21,<1.22",  # plain tfx: its [kfp]/[all] extras pin kfp<2.17
     "tfx-bsl>=1.21,<1.22",
     "pycocotools>=2.0.8,<2.1",
     "google-cloud-storage>=2.14,<4",

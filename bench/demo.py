@@ -27,7 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGET_S = 600.0
 AP_BAR = 0.8
-STAGES = ("data", "example_gen", "trainer", "evaluator", "pusher")
+STAGES = ("data", "PoseExampleGen", "Trainer", "latest_blessed_model_resolver", "PoseEvaluator", "Pusher")
 
 
 def run_demo(runs_dir: str, run_id: str, extra) -> dict:
@@ -45,7 +45,8 @@ def run_demo(runs_dir: str, run_id: str, extra) -> dict:
     return {"run_id": run_id, "exit": process.returncode, "wall_s": round(wall, 1),
             "total_s": index.get("total_s"), "stages": index["stage_times_s"],
             "AP": index.get("metrics", {}).get("AP"), "verdict": index["verdict"],
-            "baseline": index.get("baseline"), "pushed": index.get("pushed_path")}
+            "baseline": (index.get("baseline") or {}).get("uri"), "pushed": index.get("pushed_path"),
+            "examples_cached": ((index.get("lineage") or {}).get("examples") or {}).get("cached")}
 
 
 def main() -> int:
@@ -66,14 +67,15 @@ def main() -> int:
         for run in runs:
             seconds = run["stages"].get(stage)
             cells.append(f"{seconds:8.1f} s ({seconds / BUDGET_S:5.1%})" if seconds is not None else "-")
-        print(f"{stage:<14}" + "".join(f"{cell:>22}" for cell in cells))
+        print(f"{stage[:14]:<14}" + "".join(f"{cell:>22}" for cell in cells))
     print(f"{'total':<14}" + "".join(f"{run['wall_s']:8.1f} s ({run['wall_s'] / BUDGET_S:5.1%})".rjust(22)
                                      for run in runs))
     print(f"{'AP (/0.8)':<14}" + "".join(
         (f"{run['AP']:.4f} ({run['AP'] / AP_BAR:.3f}x)" if run["AP"] is not None else "-").rjust(22) for run in runs))
     print(f"{'verdict':<14}" + "".join(f"{run['verdict']:>22}" for run in runs))
     for run in runs:
-        print(f"{run['run_id']}: baseline={run['baseline']} pushed={run['pushed']} exit={run['exit']}")
+        print(f"{run['run_id']}: baseline={run['baseline']} pushed={run['pushed']} exit={run['exit']} "
+              f"examples from the cache={run['examples_cached']}")
     print(json.dumps({"budget_s": BUDGET_S, "ap_bar": AP_BAR, "runs": [
         {"run_id": run["run_id"], "total_s": run["wall_s"], "budget_ratio": round(run["wall_s"] / BUDGET_S, 3),
          "AP": run["AP"], "verdict": run["verdict"], "stages": run["stages"]} for run in runs]}))

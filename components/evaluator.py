@@ -51,7 +51,12 @@ _TOLERANCE = 1e-9
 
 
 def resolve_baseline(push_destination: str) -> str | None:
-    """The latest blessed, completely pushed model directory under ``push_destination``, or ``None``."""
+    """The latest blessed, completely pushed model directory under ``push_destination``, or ``None``.
+
+    Reads our Pusher's layout (``PUSH_COMPLETE`` + ``push_record.json``) and TFX's
+    standard Pusher's (``<unix time>/saved_model.pb``): see
+    :func:`components.pusher.latest_blessed_version`.
+    """
     if not push_destination:
         return None
     return pusher.latest_blessed_version(push_destination)

@@ -108,11 +108,42 @@ def read_push_record(push_destination: str, version: int) -> Dict[str, Any] | No
         return None
 
 
+TFX_VERSION_MIN = 10 ** 9
+"""TFX's standard Pusher names a filesystem push ``str(int(time.time()))``: a version at least this large."""
+
+
+def is_tfx_push(push_destination: str, version: int) -> bool:
+    """Whether ``<push_destination>/<version>`` is a complete push of TFX's standard Pusher.
+
+    TFX's Pusher (``tfx.components.Pusher`` with a filesystem destination)
+    writes ``<base_directory>/<unix time>/``: the SavedModel's files, with
+    ``saved_model.pb`` copied last, and none of our markers; it only pushes
+    blessed models. So a version counts as a TFX push when its name is a Unix
+    time (>= :data:`TFX_VERSION_MIN`), it holds ``saved_model.pb`` and it has
+    neither :data:`PUSH_RECORD` nor :data:`COMMIT_MARKER` (ours, possibly cut
+    short, are never read as TFX pushes).
+    """
+    if version < TFX_VERSION_MIN:
+        return False
+    directory = os.path.join(push_destination, str(version))
+    return (tf.io.gfile.exists(os.path.join(directory, "saved_model.pb"))
+            and not tf.io.gfile.exists(os.path.join(directory, PUSH_RECORD))
+            and not tf.io.gfile.exists(os.path.join(directory, COMMIT_MARKER)))
+
+
 def latest_blessed_version(push_destination: str) -> str | None:
-    """Directory of the newest committed version whose record says it was blessed, else ``None``."""
-    for version in reversed(list_versions(push_destination)):
-        record = read_push_record(push_destination, version)
-        if record and record.get("blessed") is True:
+    """Directory of the newest pushed blessed model at ``push_destination``, else ``None``.
+
+    Two layouts are read: ours (a committed version whose push record says
+    blessed) and TFX's standard Pusher's (see :func:`is_tfx_push`; TFX pushes
+    only blessed models). The highest version of either kind wins.
+    """
+    for version in reversed(list_versions(push_destination, complete_only=False)):
+        if tf.io.gfile.exists(os.path.join(push_destination, str(version), COMMIT_MARKER)):
+            record = read_push_record(push_destination, version)
+            if record and record.get("blessed") is True:
+                return os.path.join(push_destination, str(version))
+        elif is_tfx_push(push_destination, version):
             return os.path.join(push_destination, str(version))
     return None
 

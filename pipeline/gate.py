@@ -7,8 +7,10 @@ Usage::
         [--gt-annotations person_keypoints_val2017.json] [--output-dir <blessing dir>]
 
 ``--baseline auto`` resolves the latest blessed, completely pushed model at
-``--push-destination`` (none yet: change thresholds are skipped, value
-thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
+``--push-destination``: our Pusher's committed versions or TFX's standard
+Pusher's ``<unix time>/`` folders, as the TFX pipeline writes them (see
+:func:`components.pusher.latest_blessed_version`; none yet: change thresholds
+are skipped, value thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
 
 Prints a verdict table; exit status 0 = blessed, 1 = not blessed, 2 = error
 (bad arguments, missing model/data, failed evaluation).

@@ -1,4 +1,4 @@
-"""Runs the pipeline locally with kfp.local, or compiles it for Kubeflow / Vertex AI.
+"""Runs the TFX pipeline locally (LocalDagRunner, ML Metadata in SQLite), or compiles it for Kubeflow / Vertex AI.
 
 Entry point of ``python pipeline.py`` (see ``docs/pipeline.md``)::
 
@@ -18,9 +18,12 @@ status 2, naming the flag and its closest match (``pipeline/cli.py``).
 ``--runner=DirectRunner`` without ``--direct_running_mode`` gets
 ``--direct_running_mode=in_memory``.
 
-Outputs of a local run go to ``<runs-dir>/<run-id>/`` (kfp's pipeline root,
-``index.json`` and ``INDEX.md``); blessed models are pushed to
-``<runs-dir>/serving/`` unless ``--push-destination`` says otherwise, so a
+Layout under ``--runs-dir`` (default ``runs/``): ``tfx/`` (the TFX pipeline root,
+shared by runs so TFX's cache reuses ExampleGen's output for unchanged data),
+``metadata.sqlite`` (ML Metadata: every artifact and its lineage),
+``serving/`` (the Pusher's destination unless ``--push-destination`` says
+otherwise) and ``<run-id>/index.json`` (the run summary). The evaluator's
+baseline is the latest blessed model found in ML Metadata by the Resolver, so a
 second run is gated against the first one's model.
 
 Exit status: 0 blessed (and pushed), 1 not blessed (nothing pushed), 2 a stage failed.
@@ -34,11 +37,9 @@ import logging
 import os
 import sys
 import time
-import warnings
 from typing import Any, Dict, List, Sequence, Tuple
 
-from pipeline import cli, configs, run_summary, stages
-from schemas import jsonio
+from pipeline import cli, configs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +47,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(
         prog="pipeline.py",
-        description="Run the darkpose-tf pipeline locally (kfp.local) or compile it for Kubeflow / Vertex AI. "
+        description="Run the darkpose-tf TFX pipeline locally (LocalDagRunner) or compile it for Kubeflow / Vertex AI. "
                     "Other flags must be Beam pipeline options (checked by Beam's option parser), "
                     "passed to the Beam steps unchanged.")
     parser.add_argument("--config", default=None,
@@ -214,118 +215,67 @@ def _root(path: str) -> str:
     return path.rstrip("/") if "://" in path else os.path.abspath(path)
 
 
-def compile_pipeline(args: argparse.Namespace, config: Dict[str, Any]) -> str:
-    """Writes the pipeline spec to ``args.compile``; data paths become parameters to set at submission."""
-    from kfp import compiler
+def input_fingerprint(inputs: Dict[str, str], run_id: str) -> str:
+    """ExampleGen's cache key for real data: sizes and modification times of its local inputs.
 
-    from pipeline.pipeline import create_pipeline
+    Files count with their size and mtime, image folders with every entry's name, size
+    and mtime, so replacing, adding or removing an input changes the key. Remote
+    inputs (``gs://``) cannot be checked cheaply: the run id is returned, i.e. no cache hit.
+    """
+    import hashlib
 
-    placeholder = "gs://YOUR_BUCKET/data"
-    if args.data == "mpii":
-        paths = {"train_annotations": f"{placeholder}/mpii/annot/train.json",
-                 "train_images": f"{placeholder}/mpii/images",
-                 "eval_annotations": f"{placeholder}/mpii/annot/valid.json",
-                 "eval_images": f"{placeholder}/mpii/images",
-                 "gt_annotations": f"{placeholder}/mpii/annot/gt_valid.mat"}
-    else:
-        paths = {"train_annotations": f"{placeholder}/coco/annotations/person_keypoints_train2017.json",
-                 "train_images": f"{placeholder}/coco/images/train2017",
-                 "eval_annotations": f"{placeholder}/coco/annotations/person_keypoints_val2017.json",
-                 "eval_images": f"{placeholder}/coco/images/val2017",
-                 "gt_annotations": f"{placeholder}/coco/annotations/person_keypoints_val2017.json"}
-    pipeline_func = create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME, image=args.image, config=config, det_file=args.det_file,
-        beam_args=[flag for flag in args.beam_args if not flag.startswith("--direct_running_mode")],
-        push_destination="gs://YOUR_BUCKET/serving/darkpose", max_steps=args.max_steps,
-        description=configs.PIPELINE_DESCRIPTION, trainer_accelerator_type=args.trainer_accelerator,
-        trainer_accelerator_count=args.trainer_accelerator_count or (1 if args.trainer_accelerator else 0),
-        trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory, **paths)
-    directory = os.path.dirname(os.path.abspath(args.compile))
-    os.makedirs(directory, exist_ok=True)
-    compiler.Compiler().compile(pipeline_func, args.compile)
-    return args.compile
+    paths = [inputs.get(key) for key in ("train_annotations", "train_images", "eval_annotations",
+                                         "eval_images", "det_file")]
+    if any(path and "://" in path for path in paths):
+        return f"run:{run_id}"
+    digest = hashlib.sha256()
+    for path in paths:
+        if not path:
+            continue
+        entries = ([os.path.join(path, name) for name in sorted(os.listdir(path))] if os.path.isdir(path)
+                   else [path])
+        for entry in entries:
+            stat = os.stat(entry)
+            digest.update(f"{entry}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+class _ProgressFilter(logging.Filter):
+    """Lets LocalDagRunner's per-component lines through (as ``[pipeline] ...``), nothing else of absl's INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        if message.startswith("Component ") and message.endswith((" is running.", " is finished.")):
+            print(f"[pipeline] {message} ({datetime.datetime.now().strftime('%H:%M:%S')})", flush=True)
+        return False
 
 
 @contextlib.contextmanager
-def _local_environment():
-    """Makes the repository importable by the component subprocesses and quiets TF."""
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "PYTHONUNBUFFERED")}
-    paths = [REPO_ROOT] + [path for path in (saved["PYTHONPATH"] or "").split(os.pathsep) if path]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["PYTHONUNBUFFERED"] = "1"
+def _progress_lines():
+    """Per-component progress from LocalDagRunner's log, without the rest of its INFO output."""
+    logger = logging.getLogger("absl")
+    saved = logger.level
+    progress = _ProgressFilter()
+    logger.addFilter(progress)
+    logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        logger.removeFilter(progress)
+        logger.setLevel(saved)
 
 
-def run_local(args: argparse.Namespace, config: Dict[str, Any]) -> int:
-    """Runs the whole pipeline through kfp.local; returns the exit status."""
-    from kfp import local
-
-    from pipeline.pipeline import create_pipeline
-
-    clock = time.perf_counter()
-    run_id = args.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.abspath(os.path.join(args.runs_dir, run_id))
-    if os.path.exists(run_dir):
-        raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run-id)")
-    destination = args.push_destination or os.path.join(args.runs_dir, configs.SERVING_SUBDIR)
-    push_destination = destination if "://" in destination else os.path.abspath(destination)
-
-    # Inputs first: a missing input fails here, before any run directory is made.
-    print(f"[data] preparing --data {args.data}", flush=True)
-    inputs, data_info = resolve_data(args)
-    data_seconds = time.perf_counter() - clock
-    print(f"[data] ready in {data_seconds:.1f} s: " + jsonio.dumps(data_info.get("dataset_splits", data_info)),
-          flush=True)
-    os.makedirs(run_dir)
-    print(f"[pipeline] run {run_id}: outputs in {run_dir}, push destination {push_destination}", flush=True)
-    print(f"[pipeline] Beam flags: {' '.join(args.beam_args)}", flush=True)
-
-    pipeline_func = create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME, image="python:3.11", config=config,
-        beam_args=args.beam_args, push_destination=push_destination, run_id=run_id, max_steps=args.max_steps,
-        description=configs.PIPELINE_DESCRIPTION, **inputs)
-    failed_message = None
-    with _local_environment():
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=run_dir, raise_on_error=True)
-        try:
-            pipeline_func()
-        except RuntimeError as error:
-            failed_message = str(error)
-    collected = run_summary.collect(run_dir)
-    index = run_summary.build_index(run_dir, run_id, collected, {
-        "stage_times": {"data": round(data_seconds, 2)},
-        "total_s": round(time.perf_counter() - clock, 1),
-        "config": config.get("name"),
-        "push_destination": push_destination,
-        "beam_args": list(args.beam_args),
-        "inputs": inputs,
-        **data_info,
-    })
-    if failed_message and not collected["errors"]:
-        index["verdict"] = "FAILED"
-        index["errors"] = {"pipeline": failed_message}
-    run_summary.write_index(run_dir, index)
-    print(run_summary.format_summary(index), flush=True)
-    if index["verdict"] == "FAILED":
-        return configs.EXIT_FAILED
-    if index["verdict"] == "BLESSED" and index.get("pushed_path"):
-        return configs.EXIT_BLESSED
-    if index["verdict"] == "BLESSED":   # blessed but the pusher left no record
-        return configs.EXIT_FAILED
-    return configs.EXIT_NOT_BLESSED
+TFX_ROOT_SUBDIR = "tfx"
+METADATA_FILE = "metadata.sqlite"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--no-cache", action="store_true", help="disable TFX caching")
     args, extra = parser.parse_known_args(argv)
+    clock = time.perf_counter()
     try:
         args.beam_args = beam_flags(extra, parser.option_strings())
     except cli.UsageError as error:
@@ -333,12 +283,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_run_config(args)
         if args.compile:
-            path = compile_pipeline(args, config)
-            print(f"[pipeline] wrote the Kubeflow / Vertex AI pipeline spec to {path}")
+            from pipeline.kubeflow_v2_runner import compile_pipeline
+
+            print(f"[pipeline] wrote the Kubeflow / Vertex AI pipeline job to {compile_pipeline(args, config)}")
             return 0
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        logging.getLogger().setLevel(logging.INFO)
-        return run_local(args, config)
-    except (ValueError, FileNotFoundError, FileExistsError, stages.StageError) as error:
-        print(f"pipeline.py: error: {error}", file=sys.stderr)
+        if not any(flag.startswith(("--setup_file", "--extra_package")) for flag in args.beam_args):
+            # Names the project's package; without a dependency flag TFX builds an ephemeral sdist of
+            # itself in $TMPDIR for every Beam component.
+            args.beam_args.append(f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}")
+        print(f"[data] preparing --data {args.data}", flush=True)
+        inputs, data_info = resolve_data(args)
+        data_seconds = time.perf_counter() - clock
+        print(f"[data] ready in {data_seconds:.1f} s", flush=True)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"pipeline: error: {error}", file=sys.stderr)
         return configs.EXIT_FAILED
+    from pipeline import pipeline as pipeline_definition
+    from pipeline import run_summary
+
+    runs_dir = os.path.abspath(args.runs_dir)
+    run_id = args.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    metadata_path = os.path.join(runs_dir, METADATA_FILE)
+    destination = args.push_destination or os.path.join(runs_dir, configs.SERVING_SUBDIR)
+    fingerprint = str(data_info.get("content_hash") or "") or input_fingerprint(inputs, run_id)
+    pipeline = pipeline_definition.create_pipeline(
+        pipeline_name=configs.PIPELINE_NAME, pipeline_root=os.path.join(runs_dir, TFX_ROOT_SUBDIR), config=config,
+        push_destination=destination if "://" in destination else os.path.abspath(destination),
+        input_fingerprint=fingerprint, beam_pipeline_args=args.beam_args, max_steps=args.max_steps,
+        run_id=run_id, metadata_path=metadata_path, enable_cache=not args.no_cache, **inputs)
+    print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path}", flush=True)
+    error_message = None
+    try:
+        with _progress_lines():
+            pipeline_definition.run_local(pipeline)
+    except Exception as error:  # a component failed: named from MLMD below
+        error_message = f"{type(error).__name__}: {error}"
+    summary = run_summary.summarise(run_summary.run_record(metadata_path, configs.PIPELINE_NAME))
+    summary["total_s"] = round(time.perf_counter() - clock, 1)
+    summary["stage_times_s"] = {"data": round(data_seconds, 2),
+                                **{node: stage["wall_s"] for node, stage in summary["stages"].items()}}
+    summary["run_id"] = run_id
+    summary["data"] = data_info
+    if error_message:
+        summary["verdict"] = "FAILED"
+        summary["error"] = error_message
+    run_summary.write_index(os.path.join(runs_dir, run_id), summary)
+    print(run_summary.format_summary(summary), flush=True)
+    print(f"  total {summary['total_s']} s", flush=True)
+    if summary["verdict"] == "FAILED":
+        failed = ", ".join(summary["failed"]) or "unknown component"
+        print(f"pipeline: component {failed} failed: {error_message}", file=sys.stderr)
+        return configs.EXIT_FAILED
+    if summary["verdict"] == "BLESSED":
+        return configs.EXIT_BLESSED if summary["pushed"] else configs.EXIT_FAILED
+    return configs.EXIT_NOT_BLESSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

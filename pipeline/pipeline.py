@@ -1,73 +1,118 @@
-"""The one pipeline definition: ExampleGen -> Trainer -> Evaluator -> dsl.If(blessed) -> Pusher.
+"""The TFX pipeline definition: PoseExampleGen -> Trainer -> Resolver(baseline) -> PoseEvaluator -> Pusher.
 
-:func:`create_pipeline` takes every value as an argument and returns the kfp
-pipeline (a ``GraphComponent``) without running it. The same object is run
-locally through ``kfp.local`` (``pipeline.py --runner=DirectRunner``) and
-compiled to a Kubeflow / Vertex AI pipeline spec (``pipeline.py --compile``).
-Its arguments become the pipeline parameters' defaults, so a compiled spec
-carries the config it was compiled with and every value can be overridden at
-submission time.
+:func:`create_pipeline` takes every value as an argument and returns a
+``tfx.dsl.Pipeline`` without running it; :func:`run_local` runs it with
+``LocalDagRunner`` and ML Metadata in a SQLite file; :func:`metadata_config`
+names that file.
+
+- ExampleGen: :class:`components.tfx_components.PoseExampleGen` (our Beam core).
+- Trainer: TFX's standard ``Trainer`` with ``run_fn=trainer.task.run_fn`` and the
+  loaded YAML config as ``custom_config={"config": ...}``; output ``Model``
+  with ``Format-Serving``.
+- Baseline: a ``Resolver`` with ``LatestBlessedModelStrategy``: the latest
+  blessed model is found through ML Metadata.
+- Evaluator: :class:`components.tfx_components.PoseEvaluator` (our Beam + TFMA
+  core), a standard ``ModelEvaluation`` and ``ModelBlessing``.
+- Pusher: TFX's standard ``Pusher`` to a filesystem destination (local or
+  ``gs://``); it pushes nothing when the blessing says not blessed.
 """
-from typing import Any, Dict, Mapping, Sequence
+from __future__ import annotations
 
-from kfp import dsl
+import os
+from typing import Any, Mapping, Sequence
 
-from pipeline import components as pipeline_components
-from schemas import jsonio
+from tfx import v1 as tfx
+
+from components.tfx_components import PoseEvaluator, PoseExampleGen
+
+TRAINER_RUN_FN = "trainer.task.run_fn"
+RESOLVER_ID = "latest_blessed_model_resolver"
+METADATA_FILE = "metadata.sqlite"
+
+
+def metadata_config(path: str):
+    """ML Metadata connection config of a SQLite file (created on first use)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+
+
+def _gigabytes(memory: str) -> float:
+    """``"64G"``, ``"64Gi"``, ``"512M"``, ``"64"`` (GB) -> GB as Kubeflow V2's ResourceSpec takes it."""
+    text = str(memory).strip()
+    units = {"Gi": 1.073741824, "G": 1.0, "Mi": 0.001048576, "M": 0.001, "Ti": 1099.511627776, "T": 1000.0}
+    for suffix, scale in units.items():
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    return float(text)
+
+
+def resource_spec(accelerator_type: str = "", accelerator_count: int = 0, cpu_limit: str = "",
+                  memory_limit: str = ""):
+    """A Kubeflow V2 ``ResourceSpec`` for a component's ``with_platform_config``."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if cpu_limit:
+        spec.cpu_limit = float(cpu_limit)
+    if memory_limit:
+        spec.memory_limit = _gigabytes(memory_limit)
+    if accelerator_type:
+        spec.accelerator.type = accelerator_type
+        spec.accelerator.count = int(accelerator_count)
+    return spec
 
 
 def create_pipeline(
     *,
     pipeline_name: str,
-    image: str,
+    pipeline_root: str,
     config: Mapping[str, Any],
     train_annotations: str,
     train_images: str,
     eval_annotations: str,
     eval_images: str,
+    push_destination: str,
     det_file: str = "",
     gt_annotations: str = "",
-    beam_args: Sequence[str] = (),
-    push_destination: str,
-    run_id: str = "",
+    input_fingerprint: str = "",
+    beam_pipeline_args: Sequence[str] = (),
     max_steps: int = 0,
-    description: str = "",
+    run_id: str = "",
+    metadata_path: str | None = None,
+    enable_cache: bool = True,
     trainer_accelerator_type: str = "",
     trainer_accelerator_count: int = 0,
     trainer_cpu_limit: str = "",
     trainer_memory_limit: str = "",
-):
-    """Builds the pipeline.
+) -> tfx.dsl.Pipeline:
+    """Builds the TFX pipeline.
 
     Args:
-        pipeline_name: kfp pipeline name (lower-case letters, digits, dashes).
-        image: component image (see ``Dockerfile``).
-        config: the loaded experiment config (:func:`pose.config.load_config`),
-            serialised to JSON as the ``config_json`` parameter.
-        train_annotations, train_images, eval_annotations, eval_images: ExampleGen
-            inputs (COCO json + image dir, MPII json + image dir), local or ``gs://``.
-        det_file: detector boxes for the eval split ("" = ground-truth boxes).
+        pipeline_name: TFX pipeline name.
+        pipeline_root: root of the artifacts (local folder or ``gs://``).
+        config: the loaded experiment config (:func:`pose.config.load_config`), with its
+            ``eval.thresholds``; goes to the Trainer's ``custom_config`` and to the components.
+        train_annotations, train_images, eval_annotations, eval_images, det_file: ExampleGen inputs.
+        push_destination: the Pusher's filesystem base directory.
         gt_annotations: ground truth for the evaluator ("" = rebuilt from the records).
-        beam_args: Beam pipeline flags passed unchanged to ExampleGen and Evaluator.
-        push_destination: where blessed models are pushed; the latest blessed
-            model there is the evaluator's baseline.
-        run_id: the run's id, recorded in the push record ("" = a UTC timestamp); versions are integers.
+        input_fingerprint: content hash of the inputs (ExampleGen's cache key).
+        beam_pipeline_args: Beam flags for ExampleGen and the Evaluator.
         max_steps: caps training steps (0 = the config's schedule).
-        description: pipeline description.
-        trainer_accelerator_type: accelerator of the Trainer step on Kubeflow /
-            Vertex AI, e.g. ``NVIDIA_TESLA_A100`` or ``nvidia.com/gpu`` ("" = CPU).
-            With several GPUs the trainer uses ``MirroredStrategy``.
-        trainer_accelerator_count: number of accelerators (>= 1 with a type).
-        trainer_cpu_limit, trainer_memory_limit: e.g. ``"8"`` and ``"32G"`` ("" = cluster default).
-
-    Returns:
-        The kfp pipeline (call it under ``kfp.local`` or pass it to ``kfp.compiler``).
+        run_id: recorded in the Trainer's ``custom_config``: a new id makes every run train a new
+            model (TFX's cache still reuses ExampleGen's output for unchanged data); "" lets the
+            cache reuse the Trainer's output too.
+        metadata_path: SQLite ML Metadata file (None: the runner supplies the connection).
+        enable_cache: TFX caching.
+        trainer_accelerator_type, trainer_accelerator_count, trainer_cpu_limit, trainer_memory_limit:
+            resources of the Trainer on Kubeflow / Vertex AI (e.g. ``NVIDIA_TESLA_A100``, 4, ``"8"``,
+            ``"64G"``); "" / 0 = the cluster's default. Ignored by LocalDagRunner.
 
     Raises:
-        ValueError: an empty required argument.
+        ValueError: an empty required argument or a negative ``max_steps``.
     """
-    for name, value in (("pipeline_name", pipeline_name), ("image", image), ("push_destination", push_destination),
-                        ("train_annotations", train_annotations), ("eval_annotations", eval_annotations)):
+    for name, value in (("pipeline_name", pipeline_name), ("pipeline_root", pipeline_root),
+                        ("push_destination", push_destination), ("train_annotations", train_annotations),
+                        ("eval_annotations", eval_annotations)):
         if not value:
             raise ValueError(f"{name} must be non-empty, got {value!r}")
     if int(max_steps) < 0:
@@ -75,55 +120,41 @@ def create_pipeline(
     if trainer_accelerator_type and int(trainer_accelerator_count) < 1:
         raise ValueError(f"trainer_accelerator_count must be >= 1 with trainer_accelerator_type "
                          f"{trainer_accelerator_type!r}, got {trainer_accelerator_count!r}")
-    ops = pipeline_components.make_components(image)
-    config_default = jsonio.dumps(dict(config), sort_keys=True)
-    dataset_default = str(config.get("dataset", "coco"))
-    beam_default = [str(flag) for flag in beam_args]
-
-    @dsl.pipeline(name=pipeline_name, description=description)
-    def darkpose_pipeline(
-        config_json: str = config_default,
-        dataset: str = dataset_default,
-        train_annotations: str = train_annotations,
-        train_images: str = train_images,
-        eval_annotations: str = eval_annotations,
-        eval_images: str = eval_images,
-        det_file: str = det_file,
-        gt_annotations: str = gt_annotations,
-        beam_args: list = beam_default,
-        push_destination: str = push_destination,
-        run_id: str = run_id,
-        max_steps: int = int(max_steps),
-    ):
-        example_gen = ops.example_gen(
-            dataset=dataset, config_json=config_json, train_annotations=train_annotations,
-            train_images=train_images, eval_annotations=eval_annotations, eval_images=eval_images,
-            det_file=det_file, beam_args=beam_args).set_display_name("ExampleGen")
-        trainer = ops.trainer(
-            config_json=config_json, max_steps=max_steps,
-            examples=example_gen.outputs["examples"]).set_display_name("Trainer")
-        if trainer_accelerator_type:
-            trainer.set_accelerator_type(trainer_accelerator_type)
-            trainer.set_accelerator_limit(int(trainer_accelerator_count))
-        if trainer_cpu_limit:
-            trainer.set_cpu_limit(trainer_cpu_limit)
-        if trainer_memory_limit:
-            trainer.set_memory_limit(trainer_memory_limit)
-        evaluator = ops.evaluator(
-            config_json=config_json, push_destination=push_destination, gt_annotations=gt_annotations,
-            beam_args=beam_args, examples=example_gen.outputs["examples"],
-            model=trainer.outputs["model"]).set_display_name("Evaluator")
-        # The evaluator's single output is the verdict (BLESSED -> True).
-        with dsl.If(evaluator.outputs["Output"] == True, name="model-blessed"):  # noqa: E712 (a kfp condition)
-            pusher = ops.pusher(
-                push_destination=push_destination, run_id=run_id, model=trainer.outputs["model"],
-                blessing=evaluator.outputs["blessing"]).set_display_name("Pusher")
-        for task in (example_gen, trainer, evaluator, pusher):
-            task.set_caching_options(False)
-
-    return darkpose_pipeline
+    config = dict(config)
+    example_gen = PoseExampleGen(
+        dataset=str(config.get("dataset", "coco")), config=config, train_annotations=train_annotations,
+        train_images=train_images, eval_annotations=eval_annotations, eval_images=eval_images,
+        det_file=det_file, input_fingerprint=input_fingerprint)
+    trainer = tfx.components.Trainer(
+        run_fn=TRAINER_RUN_FN,
+        examples=example_gen.outputs["examples"],
+        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=int(max_steps)),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"], num_steps=0),
+        custom_config={"config": config, "run_id": run_id})
+    if trainer_accelerator_type or trainer_cpu_limit or trainer_memory_limit:
+        trainer.with_platform_config(resource_spec(trainer_accelerator_type, trainer_accelerator_count,
+                                                   trainer_cpu_limit, trainer_memory_limit))
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(RESOLVER_ID)
+    evaluator = PoseEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=resolver.outputs["model"], config=config, gt_annotations=gt_annotations)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_destination)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, trainer, resolver, evaluator, pusher],
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_config(metadata_path) if metadata_path else None,
+        beam_pipeline_args=[str(flag) for flag in beam_pipeline_args])
 
 
-def pipeline_parameters(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """The input parameters of a compiled pipeline spec (dict loaded from the YAML)."""
-    return dict(spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}))
+def run_local(pipeline: tfx.dsl.Pipeline) -> None:
+    """Runs the pipeline with ``LocalDagRunner`` (raises on a failed component)."""
+    tfx.orchestration.LocalDagRunner().run(pipeline)

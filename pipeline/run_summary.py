@@ -1,160 +1,173 @@
-"""Collects a finished local run's stage outputs into a summary, prints it, writes the index.
+"""The run summary, read from ML Metadata: stage states and times, metrics, verdict, push and lineage.
 
-The local runner gives kfp.local a run directory as pipeline root; kfp writes
-``<run_dir>/<pipeline-name>-<timestamp>/<task>/<output>/`` and each stage
-writes ``stage_summary.json`` (or ``stage_error.json``) into its output (see
-:mod:`pipeline.stages`). :func:`collect` finds them, :func:`format_summary`
-renders the final table and :func:`write_index` writes ``index.json`` and
-``INDEX.md`` at the top of the run directory.
+:func:`run_record` reads one pipeline run (a ``pipeline_run`` context) from the
+MLMD store: every node's execution, state (``COMPLETE``, ``CACHED``, ``FAILED``)
+and input/output artifacts with their properties. :func:`summarise` turns it
+into the run's verdict, metrics, baseline, pushed path and the lineage of the
+model (which Examples, which Trainer execution); :func:`format_summary` prints it.
 """
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Mapping
 
-from pipeline import stages
 from schemas import jsonio
 
-STAGE_ORDER = ("data", "example_gen", "trainer", "evaluator", "pusher")
-INDEX_JSON = "index.json"
+INDEX_FILE = "index.json"
+INDEX_JSON = INDEX_FILE
 INDEX_MD = "INDEX.md"
 
 
-def _find(run_dir: str, file_name: str) -> Dict[str, List[str]]:
-    """stage name -> directories holding ``file_name`` (from its ``stage`` field)."""
-    found: Dict[str, List[str]] = {}
-    for folder, directories, files in os.walk(run_dir):
-        # Do not descend into big outputs (records, SavedModels, checkpoints).
-        directories[:] = [d for d in directories
-                          if not d.startswith(("Split-", "Format-", "variables", "run", "evaluation"))]
-        if file_name in files:
-            try:
-                with open(os.path.join(folder, file_name), encoding="utf-8") as handle:
-                    stage = json.load(handle).get("stage")
-            except (OSError, ValueError):
-                continue
-            if stage:
-                found.setdefault(stage, []).append(folder)
-    return found
+def _store(metadata_path: str):
+    from ml_metadata.metadata_store import metadata_store
+    from tfx.orchestration import metadata
+
+    return metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
 
 
-def collect(run_dir: str) -> Dict[str, Any]:
-    """Reads every stage summary / error under ``run_dir``.
+def _properties(artifact) -> Dict[str, Any]:
+    """The artifact's properties (e.g. ``split_names``) and custom properties in one dict."""
+    values = {}
+    for name, value in list(artifact.properties.items()) + list(artifact.custom_properties.items()):
+        kind = value.WhichOneof("value")
+        values[name] = getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
+    return values
+
+
+def run_record(metadata_path: str, pipeline_name: str, run_context_name: str | None = None) -> Dict[str, Any]:
+    """What ML Metadata holds about one pipeline run (default: the latest).
 
     Returns:
-        ``{"stages": {stage: summary}, "errors": {stage: error}, "dirs": {stage: output dir}}``.
+        ``run`` (the pipeline_run context name), ``nodes`` ({node id: {state, wall_s,
+        execution_id, inputs: {key: [{id, uri, type, properties}]}, outputs: ...}}).
     """
-    stages_found, errors, dirs = {}, {}, {}
-    for stage, folders in _find(run_dir, stages.STAGE_SUMMARY).items():
-        folder = sorted(folders)[-1]
-        dirs[stage] = folder
-        with open(os.path.join(folder, stages.STAGE_SUMMARY), encoding="utf-8") as handle:
-            stages_found[stage] = json.load(handle)
-    for stage, folders in _find(run_dir, stages.STAGE_ERROR).items():
-        folder = sorted(folders)[-1]
-        with open(os.path.join(folder, stages.STAGE_ERROR), encoding="utf-8") as handle:
-            errors[stage] = json.load(handle)
-        dirs.setdefault(stage, folder)
-    return {"stages": stages_found, "errors": errors, "dirs": dirs}
+    store = _store(metadata_path)
+    pipeline_contexts = [c for c in store.get_contexts_by_type("pipeline") if c.name == pipeline_name]
+    if not pipeline_contexts:
+        raise ValueError(f"no pipeline {pipeline_name!r} in {metadata_path}")
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")
+            if run_context_name is None or c.name == run_context_name]
+    # Keep the runs of this pipeline: their executions share the pipeline context.
+    pipeline_execution_ids = {e.id for e in store.get_executions_by_context(pipeline_contexts[0].id)}
+    runs = [c for c in runs if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_execution_ids]
+    if not runs:
+        raise ValueError(f"no run of {pipeline_name!r} in {metadata_path}")
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda execution: execution.id)
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    from ml_metadata.proto.metadata_store_pb2 import Event, Execution
+
+    state_names = {value: name for name, value in Execution.State.items()}
+    node_type_ids = {t.id for t in store.get_context_types() if t.name == "node"}
+    nodes: Dict[str, Any] = {}
+    for execution in executions:
+        node_names = [c.name for c in store.get_contexts_by_execution(execution.id)
+                      if c.type_id in node_type_ids]
+        node = node_names[0].split(".", 1)[-1] if node_names else str(execution.id)
+        events = store.get_events_by_execution_ids([execution.id])
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        entry = {"execution_id": execution.id, "state": state_names.get(execution.last_known_state, "?"),
+                 "wall_s": round((execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1),
+                 "inputs": {}, "outputs": {}}
+        for event in events:
+            direction = ("outputs" if event.type in (Event.OUTPUT, Event.INTERNAL_OUTPUT)
+                         else "inputs" if event.type in (Event.INPUT, Event.INTERNAL_INPUT) else None)
+            if direction is None or event.artifact_id not in artifacts:
+                continue
+            key = event.path.steps[0].key if event.path.steps else "?"
+            artifact = artifacts[event.artifact_id]
+            entry[direction].setdefault(key, []).append({
+                "id": artifact.id, "uri": artifact.uri, "type": types.get(artifact.type_id),
+                "properties": _properties(artifact)})
+        nodes[node] = entry
+    return {"run": run.name, "nodes": nodes}
 
 
-def _metric_rows(metrics: Mapping[str, Any]) -> List[str]:
-    preferred = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L",
-                 "PCKh@0.5", "PCKh@0.1", "Mean", "Mean@0.1")
-    names = [name for name in preferred if name in metrics]
-    names += sorted(name for name, value in metrics.items()
-                    if name not in names and isinstance(value, (int, float)))
-    return names
+def summarise(record: Mapping[str, Any]) -> Dict[str, Any]:
+    """Verdict, metrics, push and lineage of a run record (:func:`run_record`)."""
+    nodes = record["nodes"]
 
+    def first(node: str, direction: str, key: str) -> Dict[str, Any] | None:
+        values = nodes.get(node, {}).get(direction, {}).get(key) or []
+        return values[0] if values else None
 
-def build_index(run_dir: str, run_id: str, collected: Mapping[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
-    """The run's index: verdict, paths of every output, per-stage times, counts and metrics."""
-    stage_summaries = collected["stages"]
-    timings = {stage: stage_summaries[stage]["wall_s"] for stage in STAGE_ORDER if stage in stage_summaries}
-    if "data" in extra.get("stage_times", {}):
-        timings = {"data": extra["stage_times"]["data"], **timings}
-    manifest = stage_summaries.get("example_gen", {}).get("result", {})
-    trainer = stage_summaries.get("trainer", {}).get("result", {})
-    blessing = stage_summaries.get("evaluator", {}).get("result", {})
-    push = stage_summaries.get("pusher", {}).get("result", {})
-    blessed = blessing.get("blessed") if blessing else None
-    pushed = stages.pushed_path(push) if push else ""
+    examples = first("PoseExampleGen", "outputs", "examples")
+    model = first("Trainer", "outputs", "model")
+    blessing = first("PoseEvaluator", "outputs", "blessing")
+    baseline = first("PoseEvaluator", "inputs", "baseline_model")
+    pushed = first("Pusher", "outputs", "pushed_model")
+    failed = {node: entry["state"] for node, entry in nodes.items() if entry["state"] == "FAILED"}
+    blessed = bool(blessing and blessing["properties"].get("blessed") == 1)
+    is_pushed = bool(pushed and pushed["properties"].get("pushed") == 1)
+    verdict = "FAILED" if failed or blessing is None else ("BLESSED" if blessed else "NOT_BLESSED")
+    metrics = {}
+    if blessing:
+        metrics = {name: value for name, value in blessing["properties"].items()
+                   if isinstance(value, float)}
     return {
-        "run_id": run_id,
-        "run_dir": os.path.abspath(run_dir),
-        "verdict": "FAILED" if collected["errors"] else ("BLESSED" if blessed else "NOT_BLESSED"
-                                                         if blessed is not None else "INCOMPLETE"),
-        "pushed_path": pushed or None,
-        "stage_times_s": timings,
-        "total_s": extra.get("total_s"),
-        "records": {"splits": manifest.get("splits"), "skipped": manifest.get("skipped")},
-        "training": {key: trainer.get(key) for key in ("steps", "final_loss", "examples_per_sec")
-                     if key in trainer},
-        "metrics": blessing.get("metrics", {}),
-        "baseline": blessing.get("baseline"),
-        "baseline_metrics": blessing.get("baseline_metrics"),
-        "reasons": blessing.get("reasons"),
-        "outputs": {stage: collected["dirs"][stage] for stage in STAGE_ORDER if stage in collected["dirs"]},
-        "errors": {stage: error.get("message") for stage, error in collected["errors"].items()},
-        **{key: value for key, value in extra.items() if key not in ("stage_times", "total_s")},
+        "run": record["run"], "verdict": verdict, "failed": failed,
+        "stages": {node: {"state": entry["state"], "wall_s": entry["wall_s"]} for node, entry in nodes.items()},
+        "metrics": metrics,
+        "baseline": baseline and {"model_id": baseline["id"], "uri": baseline["uri"]},
+        "pushed": is_pushed,
+        "pushed_path": pushed["properties"].get("pushed_destination") if is_pushed else None,
+        "lineage": {
+            "examples": examples and {"id": examples["id"], "uri": examples["uri"],
+                                      "cached": nodes["PoseExampleGen"]["state"] == "CACHED"},
+            "model": model and {"id": model["id"], "uri": model["uri"],
+                                "trainer_execution_id": nodes["Trainer"]["execution_id"]},
+            "blessing": blessing and {"id": blessing["id"], "uri": blessing["uri"]},
+        },
     }
 
 
-def format_summary(index: Mapping[str, Any]) -> str:
-    """Renders the final summary printed at the end of a local run."""
-    lines = ["", "=" * 72, f"darkpose-tf pipeline run {index['run_id']}: {index['verdict']}", "=" * 72]
-    lines.append("stage          time (s)")
-    for stage, seconds in index["stage_times_s"].items():
-        lines.append(f"  {stage:<12} {seconds:8.1f}")
-    if index.get("total_s") is not None:
-        lines.append(f"  {'total':<12} {index['total_s']:8.1f}")
-    splits = (index.get("records") or {}).get("splits")
-    if splits:
-        order = sorted(splits, key=lambda split: (split != "train", split != "eval", split))
-        lines.append("records: " + ", ".join(f"{split}={splits[split]}" for split in order))
-        skipped = (index.get("records") or {}).get("skipped") or {}
-        if skipped:
-            lines.append("skipped: " + ", ".join(f"{reason}={count}" for reason, count in sorted(skipped.items())))
-    if index.get("training"):
-        lines.append("training: " + ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                                              for key, value in index["training"].items()))
-    metrics = index.get("metrics") or {}
-    if metrics:
-        baseline = index.get("baseline_metrics") or {}
-        lines.append(f"{'metric':<10} {'value':>8}" + (f" {'baseline':>9}" if baseline else ""))
-        for name in _metric_rows(metrics):
-            value = metrics[name]
-            row = f"  {name:<8} {value:8.4f}"
-            if baseline and isinstance(baseline.get(name), (int, float)):
-                row += f" {baseline[name]:9.4f}"
-            lines.append(row)
-    if index["verdict"] in ("BLESSED", "NOT_BLESSED"):
-        lines.append(f"baseline: {index.get('baseline') or 'none (first blessed model)'}")
-    lines.append(f"blessing: {index['verdict']}")
-    for reason in index.get("reasons") or []:
-        lines.append(f"  - {reason}")
-    lines.append(f"pushed:   {index.get('pushed_path') or 'nothing pushed'}")
-    for stage, message in (index.get("errors") or {}).items():
-        lines.append(f"ERROR in stage {stage}: {message}")
-    lines.append(f"run dir:  {index['run_dir']} (index: {INDEX_MD}, {INDEX_JSON})")
+def format_summary(summary: Mapping[str, Any]) -> str:
+    lines = [f"=== run {summary['run']}: {summary['verdict']} ==="]
+    for node, stage in summary["stages"].items():
+        lines.append(f"  {node:<32} {stage['state']:<9} {stage['wall_s']:8.1f} s")
+    for name, value in sorted(summary["metrics"].items()):
+        lines.append(f"  {name:<10} {value:.4f}")
+    lineage = summary["lineage"]
+    if lineage.get("examples"):
+        cached = " (reused from the cache)" if lineage["examples"]["cached"] else ""
+        lines.append(f"  Examples #{lineage['examples']['id']}{cached}: {lineage['examples']['uri']}")
+    if lineage.get("model"):
+        lines.append(f"  Model #{lineage['model']['id']} (Trainer execution #{lineage['model']['trainer_execution_id']}):"
+                     f" {lineage['model']['uri']}")
+    lines.append(f"  baseline: {summary['baseline']['uri'] if summary['baseline'] else 'none (first blessed model)'}")
+    lines.append(f"  pushed: {summary['pushed_path'] or 'nothing'}")
     return "\n".join(lines)
 
 
-def write_index(run_dir: str, index: Mapping[str, Any]) -> None:
-    """Writes ``index.json`` and a short ``INDEX.md`` at the top of ``run_dir``."""
-    with open(os.path.join(run_dir, INDEX_JSON), "w", encoding="utf-8") as handle:
-        handle.write(jsonio.dumps(index, indent=2, sort_keys=True, default=str))
-    lines = [f"# Run {index['run_id']}: {index['verdict']}", ""]
-    lines.append("| output | path |")
-    lines.append("|---|---|")
-    for stage, path in (index.get("outputs") or {}).items():
-        lines.append(f"| {stage} | `{os.path.relpath(path, run_dir)}` |")
-    if index.get("pushed_path"):
-        lines.append(f"| pushed model | `{index['pushed_path']}` |")
-    lines.append("")
-    lines.append("```")
-    lines.append(format_summary(index).strip())
-    lines.append("```")
+def write_index(run_dir: str, summary: Mapping[str, Any]) -> str:
+    """Writes ``<run_dir>/index.json`` (strict JSON) and a short ``INDEX.md``; returns the JSON's path.
+
+    ``INDEX.md`` lists the run's artifacts (ML Metadata id and URI) and the
+    printed summary, for a person browsing ``runs/``.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, INDEX_FILE)
+    jsonio.write(path, summary, indent=2, sort_keys=True, default=str)
+    lines = [f"# Run {summary.get('run_id') or summary.get('run')}: {summary.get('verdict')}", ""]
+    lineage = summary.get("lineage") or {}
+    rows = [(name, entry) for name, entry in lineage.items() if entry]
+    if rows or summary.get("pushed_path"):
+        lines += ["| artifact | ML Metadata id | uri |", "|---|---|---|"]
+        lines += [f"| {name} | {entry.get('id', '')} | `{entry.get('uri', '')}` |" for name, entry in rows]
+        if summary.get("baseline"):
+            lines.append(f"| baseline model | {summary['baseline'].get('model_id', '')} | "
+                         f"`{summary['baseline'].get('uri', '')}` |")
+        if summary.get("pushed_path"):
+            lines.append(f"| pushed model | | `{summary['pushed_path']}` |")
+        lines.append("")
+    if summary.get("error"):
+        lines += [f"error: {summary['error']}", ""]
+    try:
+        text = format_summary(summary).strip()
+    except (KeyError, TypeError, ValueError):
+        text = ""
+    if text:
+        lines += ["```", text, "```"]
     with open(os.path.join(run_dir, INDEX_MD), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
+    return path

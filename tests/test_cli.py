@@ -279,15 +279,21 @@ def test_unhandled_library_error_exits_2_with_one_line(tmp_path):
     assert "Traceback" not in completed.stderr
 
 
-def test_pipeline_stages_check_beam_flags_before_any_work(tmp_path):
-    """A compiled spec submitted with edited beam_args fails in the stage, naming the flag, before reading data."""
-    from pipeline import stages
+def test_tfx_beam_executors_check_beam_flags_before_any_work(tmp_path):
+    """A compiled spec submitted with edited beam_pipeline_args fails in the executor, naming the flag, before reading data."""
+    from tfx.dsl.components.base import base_beam_executor
+    from tfx.types import standard_artifacts
 
-    with pytest.raises(stages.StageError, match=r"--direct_num_worker \(did you mean --direct_num_workers\?\)"):
-        stages.example_gen_stage(str(tmp_path / "examples"), "coco", {}, "", "", str(tmp_path / "missing.json"),
-                                 str(tmp_path), beam_args=["--direct_num_worker=2"])
-    error = json.load(open(tmp_path / "examples" / stages.STAGE_ERROR))
-    assert "UsageError" in error["error"] and not os.path.exists(tmp_path / "examples" / "Split-eval")
-    with pytest.raises(stages.StageError, match="--runer"):
-        stages.evaluator_stage(str(tmp_path / "blessing"), str(tmp_path / "model"), str(tmp_path / "examples"),
-                               {"eval": {}}, beam_args=["--runer=DirectRunner"])
+    from components import tfx_components
+
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=["--direct_num_worker=2"])
+    with pytest.raises(cli.UsageError, match=r"--direct_num_worker \(did you mean --direct_num_workers\?\)"):
+        tfx_components.PoseExampleGenExecutor(context).Do(
+            {}, {"examples": [examples]},
+            {"dataset": "coco", "config_json": "{}", "train_annotations": str(tmp_path / "missing.json")})
+    assert not os.path.exists(tmp_path / "examples")
+    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=["--runer=DirectRunner"])
+    with pytest.raises(cli.UsageError, match="--runer"):
+        tfx_components.PoseEvaluatorExecutor(context).Do({}, {}, {"config_json": "{}"})

@@ -1,88 +1,75 @@
-"""pipeline.py --compile: the Kubeflow / Vertex AI spec, and the runner's argument handling."""
+"""pipeline.py --compile (KubeflowV2DagRunner) and the runner's argument handling."""
 import json
 import os
 
 import pytest
-import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import configs, local_runner
-from pipeline.pipeline import create_pipeline, pipeline_parameters
+from pipeline.pipeline import create_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATAFLOW_FLAGS = ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
                   "--temp_location=gs://my-bucket/tmp", "--setup_file=./setup.py"]
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("compile") / "pipeline.yaml")
-    code = local_runner.main(["--compile", path, "--image", "example.com/darkpose-tf-python:test",
-                              "--config", os.path.join(ROOT, "configs", "demo.yaml"), *DATAFLOW_FLAGS])
-    assert code == 0
-    with open(path) as handle:
-        return yaml.safe_load(handle)
+def compile_job(path, *flags):
+    assert local_runner.main(["--compile", str(path), *flags]) == 0
+    job = json.loads(open(path).read())
+    return job, json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
 
 
-def test_spec_has_the_four_components_and_the_blessing_condition(compiled):
-    assert compiled["pipelineInfo"]["name"] == configs.PIPELINE_NAME
-    components = set(compiled["components"])
-    assert {"comp-example-gen", "comp-trainer", "comp-evaluator", "comp-pusher"} <= components
-    tasks = compiled["root"]["dag"]["tasks"]
-    assert set(tasks) == {"example-gen", "trainer", "evaluator", "condition-1"}
-    # Order: ExampleGen -> Trainer -> Evaluator -> condition(blessed) -> Pusher.
-    assert tasks["trainer"]["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == "example-gen"
-    evaluator_inputs = tasks["evaluator"]["inputs"]["artifacts"]
-    assert evaluator_inputs["model"]["taskOutputArtifact"]["producerTask"] == "trainer"
-    assert evaluator_inputs["examples"]["taskOutputArtifact"]["producerTask"] == "example-gen"
-    condition = tasks["condition-1"]
-    assert condition["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--evaluator-Output'] == true"
-    assert set(condition["dependentTasks"]) == {"evaluator", "trainer"}
-    branch = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(branch) == {"pusher"}
-    assert set(branch["pusher"]["inputs"]["artifacts"]) == {"model", "blessing"}
-    # TFX-style artifacts on kfp system types.
-    outputs = {name: compiled["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
-               for name in ("example-gen", "trainer", "evaluator", "pusher")}
-    assert outputs["example-gen"]["examples"]["artifactType"]["schemaTitle"] == "system.Dataset"
-    assert outputs["trainer"]["model"]["artifactType"]["schemaTitle"] == "system.Model"
-    assert outputs["evaluator"]["blessing"]["artifactType"]["schemaTitle"] == "system.Artifact"
-    assert outputs["pusher"]["pushed_model"]["artifactType"]["schemaTitle"] == "system.Artifact"
-    evaluator_parameters = compiled["components"]["comp-evaluator"]["outputDefinitions"]["parameters"]
-    assert evaluator_parameters["Output"]["parameterType"] == "BOOLEAN"
+def test_compile_has_every_component_the_blessing_dependency_and_the_config(tmp_path):
+    job, spec = compile_job(tmp_path / "pipeline.json", "--config", os.path.join(ROOT, "configs", "coco", "w32_256x192.yaml"),
+                            "--image", "example.org/darkpose:1", "--threshold", "AP=0.71", *DATAFLOW_FLAGS)
+    tasks = spec.root.dag.tasks
+    assert {"PoseExampleGen", "Trainer", "PoseEvaluator", "Pusher"} <= set(tasks)
+    assert any(name.startswith("latest_blessed_model_resolver") for name in tasks)
+    # The Pusher waits for the Evaluator's blessing; the Evaluator gets the resolved baseline.
+    assert "PoseEvaluator" in tasks["Pusher"].dependent_tasks
+    assert "model_blessing" in tasks["Pusher"].inputs.artifacts
+    assert "baseline_model" in tasks["PoseEvaluator"].inputs.artifacts
+    # The config (with the flag's threshold) travels in the spec.
+    evaluator_config = json.loads(
+        tasks["PoseEvaluator"].inputs.parameters["config_json"].runtime_value.constant_value.string_value)
+    assert evaluator_config["model"]["name"] == "hrnet"
+    assert evaluator_config["eval"]["thresholds"]["AP"]["lower_bound"] == 0.71
+    trainer_config = json.loads(
+        tasks["Trainer"].inputs.parameters["custom_config"].runtime_value.constant_value.string_value)
+    assert trainer_config["config"] == evaluator_config
+    # Every executor runs in the component image, with the Dataflow flags as Beam args.
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    containers = [executor["container"] for executor in executors.values() if "container" in executor]
+    assert containers and all(container["image"] == "example.org/darkpose:1" for container in containers)
+    example_gen = next(c for name, c in ((n, e.get("container")) for n, e in executors.items())
+                       if c and "PoseExampleGen" in name)
+    assert "--project=my-project" in example_gen["args"]
+    assert not any(arg.startswith("--direct_running_mode") for arg in example_gen["args"])
 
 
-def test_spec_parameters_and_image(compiled):
-    parameters = pipeline_parameters(compiled)
-    expected = {"config_json", "dataset", "train_annotations", "train_images", "eval_annotations", "eval_images",
-                "det_file", "gt_annotations", "beam_args", "push_destination", "run_id", "max_steps"}
-    assert set(parameters) == expected
-    # Beam flags reach the spec unchanged (no local DirectRunner default added).
-    assert parameters["beam_args"]["defaultValue"] == DATAFLOW_FLAGS
-    config = json.loads(parameters["config_json"]["defaultValue"])
-    assert config["name"] == "demo" and config["data"]["input_size"] == [64, 48]
-    assert config["eval"]["thresholds"] == configs.DEMO_THRESHOLDS
-    assert parameters["dataset"]["defaultValue"] == "coco"
-    assert parameters["max_steps"]["parameterType"] == "NUMBER_INTEGER"
-    executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 4
-    for executor in executors.values():
-        container = executor["container"]
-        assert container["image"] == "example.com/darkpose-tf-python:test"
-        # Nothing is pip-installed at run time: the image carries the project.
-        assert "pip install" not in " ".join(container["command"])
-        assert "from pipeline import stages" in " ".join(container["command"])
+def test_trainer_resources_in_spec(tmp_path):
+    job, _ = compile_job(tmp_path / "gpu.json", "--trainer-accelerator", "NVIDIA_TESLA_A100",
+                         "--trainer-accelerator-count", "4", "--trainer-memory", "64G", "--trainer-cpu", "8")
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    trainer = next(executor["container"] for name, executor in executors.items() if "Trainer" in name)
+    assert trainer["resources"]["accelerator"] == {"type": "NVIDIA_TESLA_A100", "count": "4"}
+    assert trainer["resources"]["memoryLimit"] == 64.0 and trainer["resources"]["cpuLimit"] == 8.0
+    others = [executor["container"] for name, executor in executors.items()
+              if "Trainer" not in name and "container" in executor]
+    assert others and all("resources" not in container for container in others)
 
 
 def test_create_pipeline_validates_arguments():
-    config = local_runner.load_run_config(local_runner.build_parser().parse_args([]))
-    arguments = dict(pipeline_name="p", image="python:3.11", config=config, train_annotations="a",
-                     train_images="b", eval_annotations="c", eval_images="d", push_destination="/tmp/x")
-    create_pipeline(**arguments)
-    with pytest.raises(ValueError, match="push_destination"):
+    arguments = dict(pipeline_name="p", pipeline_root="/tmp/root", config={"dataset": "coco"},
+                     train_annotations="a.json", train_images="i", eval_annotations="b.json", eval_images="j",
+                     push_destination="/tmp/serving")
+    with pytest.raises(ValueError, match="push_destination must be non-empty"):
         create_pipeline(**{**arguments, "push_destination": ""})
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
         create_pipeline(**arguments, max_steps=-1)
+    with pytest.raises(ValueError, match="trainer_accelerator_count must be >= 1"):
+        create_pipeline(**arguments, trainer_accelerator_type="NVIDIA_TESLA_A100")
 
 
 def test_beam_flags_pass_through_unchanged():
@@ -124,16 +111,20 @@ def test_missing_real_data_is_a_clear_error(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "runs")
 
 
-def test_trainer_resources_in_spec(tmp_path):
-    path = str(tmp_path / "gpu.yaml")
-    assert local_runner.main(["--compile", path, "--trainer-accelerator", "NVIDIA_TESLA_A100",
-                              "--trainer-accelerator-count", "4", "--trainer-memory", "64G"]) == 0
-    with open(path) as handle:
-        spec = yaml.safe_load(handle)
-    executors = spec["deploymentSpec"]["executors"]
-    trainer = next(executor for name, executor in executors.items() if "trainer" in name)["container"]
-    assert trainer["resources"]["accelerator"]["resourceType"] == "NVIDIA_TESLA_A100"
-    assert trainer["resources"]["accelerator"]["resourceCount"] == "4"
-    assert trainer["resources"]["resourceMemoryLimit"] == "64G"
-    others = [executor["container"] for name, executor in executors.items() if "trainer" not in name]
-    assert all("resources" not in container for container in others)
+def test_input_fingerprint_follows_the_real_inputs(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "1.jpg").write_bytes(b"x")
+    annotations = tmp_path / "train.json"
+    annotations.write_text("{}")
+    inputs = {"train_annotations": str(annotations), "train_images": str(images),
+              "eval_annotations": str(annotations), "eval_images": str(images), "det_file": ""}
+    first = local_runner.input_fingerprint(inputs, "a")
+    assert local_runner.input_fingerprint(inputs, "b") == first          # same files: a cache hit
+    annotations.write_text('{"images": []}')
+    changed = local_runner.input_fingerprint(inputs, "a")
+    assert changed != first
+    (images / "2.jpg").write_bytes(b"y")
+    assert local_runner.input_fingerprint(inputs, "a") != changed
+    remote = dict(inputs, train_images="gs://bucket/images")
+    assert local_runner.input_fingerprint(remote, "a") == "run:a"    # not checkable: no cache hit

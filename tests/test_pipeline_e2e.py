@@ -1,17 +1,23 @@
-"""End to end: python pipeline.py through kfp.local on tiny inputs.
+"""End to end: python pipeline.py (the TFX pipeline, LocalDagRunner, ML Metadata in SQLite) on tiny inputs.
 
-* the embedded synthetic data, tiny config: records written, model exported,
-  blessing written, model pushed (the gate is set so a 4-step model passes);
-* the real COCO samples (../shared/data) laid out the DarkPose way, with the
-  detector file, gated against the first run's model with an impossible
-  threshold: NOT_BLESSED, nothing pushed, exit status 1;
-* the real MPII samples laid out the DarkPose way (annot/*.json, gt_valid.mat).
+One runs folder for the module, so the runs share ML Metadata, the pipeline root and
+the push destination, as two `make demo`s do:
 
-Each run is a subprocess (the command a user types), so the exit status is real.
+1. tiny synthetic data, 3 steps, gate AP >= 0: BLESSED, pushed, every artifact in MLMD
+   with its lineage (Examples -> Trainer -> Model -> PoseEvaluator -> Pusher);
+2. the same data again: ExampleGen's output is reused from TFX's cache, a new model is
+   trained and the first model is its baseline, found by the Resolver through MLMD;
+3. the real COCO samples (../shared/data) laid out the DarkPose way, with the detector
+   file and an impossible threshold: NOT_BLESSED, the Pusher pushes nothing, exit status 1;
+4. a corrupt COCO annotation file: exit status 2 naming the failed component;
+5. the real MPII samples laid out the DarkPose way (annot/*.json, gt_valid.mat).
+
+Each run is a subprocess (the command a user types), so the exit status is real. Every
+Beam component leaves files in $TMPDIR: the runs use a scratch TMPDIR, removed at the end.
 """
-import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,64 +33,120 @@ data: {input_size: [64, 64], heatmap_stride: 4}
 train: {batch_size: 2, epochs: 1, max_steps: 1}
 eval: {batch_size: 2}
 """
+TINY = ("--small-run", "--config", DEMO_CONFIG, "--synthetic-train-images", "10", "--synthetic-val-images", "3")
 
 pytestmark = pytest.mark.slow
 
 
-def run_pipeline(*flags, timeout=600):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    process = subprocess.run([sys.executable, os.path.join(ROOT, "pipeline.py"), "--runner=DirectRunner", *flags],
-                             cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tfx")
+    scratch = base / "tmp"
+    scratch.mkdir()
+    yield str(base / "runs"), str(scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_pipeline(workspace, *flags, timeout=900):
+    runs, scratch = workspace
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=scratch)
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "pipeline.py"), "--runner=DirectRunner", "--runs-dir", runs, *flags],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
     return process.returncode, process.stdout + process.stderr
 
 
-def read_index(runs_dir, run_id):
-    with open(os.path.join(runs_dir, run_id, "index.json")) as handle:
+def read_index(runs, run_id):
+    with open(os.path.join(runs, run_id, "index.json")) as handle:
         return json.load(handle)
 
 
+def mlmd_record(runs):
+    from pipeline import configs, local_runner, run_summary
+    return run_summary.run_record(os.path.join(runs, local_runner.METADATA_FILE), configs.PIPELINE_NAME)
+
+
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    runs = str(tmp_path_factory.mktemp("runs"))
-    code, output = run_pipeline("--small-run", "--config", DEMO_CONFIG, "--synthetic-train-images", "10",
-                                "--synthetic-val-images", "3", "--runs-dir", runs, "--run-id", "first",
-                                "--threshold", "AP=0", "--max-steps", "3")
-    return runs, code, output
+def first_run(workspace):
+    code, output = run_pipeline(workspace, *TINY, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3")
+    return code, output, mlmd_record(workspace[0])
 
 
-def test_synthetic_run_blesses_and_pushes(first_run):
-    runs, code, output = first_run
+@pytest.fixture(scope="module")
+def second_run(workspace, first_run):
+    code, output = run_pipeline(workspace, *TINY, "--run-id", "second", "--threshold", "AP=0",
+                                "--max-drop", "AP=1", "--max-steps", "2")
+    return code, output, mlmd_record(workspace[0])
+
+
+def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
+    runs, _ = workspace
+    code, output, record = first_run
     assert code == 0, output[-4000:]
+    nodes = record["nodes"]
+    assert set(nodes) == {"PoseExampleGen", "Trainer", "latest_blessed_model_resolver", "PoseEvaluator", "Pusher"}
+    assert {node: entry["state"] for node, entry in nodes.items()} == {node: "COMPLETE" for node in nodes}
+    examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
+    assert json.loads(examples["properties"]["split_names"]) == ["train", "eval"]
+    assert examples["properties"]["num_records_train"] >= 20 and examples["properties"]["num_records_eval"] >= 6
+    for split in ("train", "eval"):
+        assert any(name.startswith("data_tfrecord-")
+                   for name in os.listdir(os.path.join(examples["uri"], f"Split-{split}")))
+    # Lineage: the Trainer read these Examples; the Evaluator and Pusher got its Model.
+    assert nodes["Trainer"]["inputs"]["examples"][0]["id"] == examples["id"]
+    model = nodes["Trainer"]["outputs"]["model"][0]
+    assert os.path.exists(os.path.join(model["uri"], "Format-Serving", "saved_model.pb"))
+    assert nodes["PoseEvaluator"]["inputs"]["model"][0]["id"] == model["id"]
+    assert "baseline_model" not in nodes["PoseEvaluator"]["inputs"]
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["blessed"] == 1
+    assert blessing["properties"]["current_model_id"] == model["id"]
+    assert os.path.exists(os.path.join(blessing["uri"], "BLESSED"))
+    evaluation = nodes["PoseEvaluator"]["outputs"]["evaluation"][0]
+    assert os.path.exists(os.path.join(evaluation["uri"], "metrics.json"))
+    assert nodes["Pusher"]["inputs"]["model"][0]["id"] == model["id"]
+    pushed = nodes["Pusher"]["outputs"]["pushed_model"][0]
+    assert pushed["properties"]["pushed"] == 1
+    # The run summary and its index.
     index = read_index(runs, "first")
-    assert index["verdict"] == "BLESSED"
-    outputs = index["outputs"]
-    assert set(outputs) == {"example_gen", "trainer", "evaluator", "pusher"}
-    # Examples: TFX split folders with gzip'd TFRecord shards and the manifest.
-    assert glob.glob(os.path.join(outputs["example_gen"], "Split-train", "data_tfrecord-*.gz"))
-    assert glob.glob(os.path.join(outputs["example_gen"], "Split-eval", "data_tfrecord-*.gz"))
-    assert index["records"]["splits"]["train"] >= 20 and index["records"]["splits"]["eval"] >= 6
-    # Model: the SavedModel in Format-Serving.
-    assert os.path.exists(os.path.join(outputs["trainer"], "Format-Serving", "saved_model.pb"))
-    assert index["training"]["steps"] == 3
-    # Blessing: the marker, blessing.json with the AP table, evaluation outputs.
-    assert os.path.exists(os.path.join(outputs["evaluator"], "BLESSED"))
-    assert not os.path.exists(os.path.join(outputs["evaluator"], "NOT_BLESSED"))
-    with open(os.path.join(outputs["evaluator"], "blessing.json")) as handle:
-        blessing = json.load(handle)
-    assert blessing["blessed"] is True and "AP" in blessing["metrics"]
-    assert index["metrics"]["AP"] == blessing["metrics"]["AP"]
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True
     assert index["baseline"] is None
-    # Pushed to <runs>/serving/<version>, recorded by the pusher artifact.
-    pushed = index["pushed_path"]
-    assert pushed and os.path.dirname(pushed) == os.path.join(runs, "serving")
-    assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
-    with open(os.path.join(outputs["pusher"], "push_record.json")) as handle:
-        assert json.load(handle)["path"] == pushed
-    # Progress and the final summary are printed; the index files exist.
-    for text in ("[example_gen] finished", "[trainer] finished", "[evaluator] finished", "[pusher] finished",
-                 "blessing: BLESSED", f"pushed:   {pushed}"):
-        assert text in output
-    assert os.path.exists(os.path.join(runs, "first", "INDEX.md"))
+    assert os.path.dirname(index["pushed_path"].rstrip("/")) == os.path.join(runs, "serving")
+    assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
+    # pipeline.gate --baseline auto (CI, outside TFX) finds the model TFX's Pusher pushed.
+    from components import evaluator as evaluator_core
+
+    assert evaluator_core.resolve_baseline(os.path.join(runs, "serving")) == index["pushed_path"].rstrip("/")
+    with open(os.path.join(runs, "first", "INDEX.md")) as handle:
+        index_md = handle.read()
+    assert index_md.startswith("# Run ") and "BLESSED" in index_md and index["pushed_path"] in index_md
+    assert index["lineage"]["model"]["id"] == model["id"]
+    assert index["lineage"]["examples"]["id"] == examples["id"]
+    assert "AP" in index["metrics"]
+
+
+def test_second_run_reuses_examples_and_gates_against_the_first_model(workspace, first_run, second_run):
+    runs, _ = workspace
+    code, output, record = second_run
+    assert code == 0, output[-4000:]
+    first_nodes, nodes = first_run[2]["nodes"], record["nodes"]
+    assert record["run"] != first_run[2]["run"]
+    # Same data: ExampleGen is not re-run, its Examples come from the cache.
+    assert nodes["PoseExampleGen"]["state"] == "CACHED"
+    assert (nodes["PoseExampleGen"]["outputs"]["examples"][0]["id"]
+            == first_nodes["PoseExampleGen"]["outputs"]["examples"][0]["id"])
+    assert "reused from the cache" in output
+    # A new model, evaluated against the first one resolved through MLMD.
+    first_model = first_nodes["Trainer"]["outputs"]["model"][0]
+    model = nodes["Trainer"]["outputs"]["model"][0]
+    assert nodes["Trainer"]["state"] == "COMPLETE" and model["id"] != first_model["id"]
+    assert nodes["latest_blessed_model_resolver"]["outputs"]["model"][0]["id"] == first_model["id"]
+    assert nodes["PoseEvaluator"]["inputs"]["baseline_model"][0]["id"] == first_model["id"]
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["baseline_model_id"] == first_model["id"]
+    with open(os.path.join(blessing["uri"], "blessing.json")) as handle:
+        assert json.load(handle)["change_thresholds_applied"] is True
+    assert read_index(runs, "second")["baseline"]["model_id"] == first_model["id"]
 
 
 def _coco_layout(shared_data, root):
@@ -105,27 +167,45 @@ def _coco_layout(shared_data, root):
     return os.path.join(root, "person_detection_results", "COCO_val2017_detections_AP_H_56_person.json")
 
 
-def test_real_coco_not_blessed_pushes_nothing(first_run, shared_data, tmp_path):
-    runs, first_code, _ = first_run
-    assert first_code == 0
+def test_real_coco_impossible_threshold_is_not_blessed_and_nothing_is_pushed(workspace, second_run, shared_data,
+                                                                                tmp_path):
+    runs, _ = workspace
     det_file = _coco_layout(shared_data, str(tmp_path / "coco"))
     before = sorted(os.listdir(os.path.join(runs, "serving")))
-    code, output = run_pipeline("--data", "coco", "--coco-root", str(tmp_path / "coco"), "--det-file", det_file,
-                                "--config", DEMO_CONFIG, "--small-run", "--max-steps", "2",
-                                "--runs-dir", runs, "--run-id", "coco", "--threshold", "AP=1.01")
+    code, output = run_pipeline(workspace, "--data", "coco", "--coco-root", str(tmp_path / "coco"),
+                                "--det-file", det_file, "--config", DEMO_CONFIG, "--small-run", "--max-steps", "1",
+                                "--run-id", "coco", "--threshold", "AP=1.01")
     assert code == 1, output[-4000:]
-    index = read_index(runs, "coco")
-    assert index["verdict"] == "NOT_BLESSED" and index["pushed_path"] is None
-    assert "pusher" not in index["outputs"]
-    assert os.path.exists(os.path.join(index["outputs"]["evaluator"], "NOT_BLESSED"))
-    assert not os.path.exists(os.path.join(index["outputs"]["evaluator"], "BLESSED"))
-    assert any("AP" in reason for reason in index["reasons"])
-    # The baseline was the first run's pushed model; nothing new was pushed.
-    assert index["baseline"] == os.path.join(runs, "serving", "1")
+    record = mlmd_record(runs)
+    nodes = record["nodes"]
+    examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
+    assert nodes["PoseExampleGen"]["state"] == "COMPLETE"   # new data: no cache hit
+    assert examples["properties"]["num_records_train"] > 0 and examples["properties"]["num_records_eval"] > 0
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    assert blessing["properties"]["blessed"] == 0
+    assert os.path.exists(os.path.join(blessing["uri"], "NOT_BLESSED"))
+    assert not os.path.exists(os.path.join(blessing["uri"], "BLESSED"))
+    # The baseline is the latest blessed model (the second run's).
+    second_model = second_run[2]["nodes"]["Trainer"]["outputs"]["model"][0]
+    assert nodes["PoseEvaluator"]["inputs"]["baseline_model"][0]["id"] == second_model["id"]
+    assert nodes["Pusher"]["outputs"]["pushed_model"][0]["properties"]["pushed"] == 0
     assert sorted(os.listdir(os.path.join(runs, "serving"))) == before
-    # Real COCO counts: 86 labelled train persons; eval crops come from the 118 detector boxes.
-    assert index["records"]["splits"]["train"] > 0 and index["records"]["splits"]["eval"] > 0
-    assert "blessing: NOT_BLESSED" in output and "nothing pushed" in output
+    index = read_index(runs, "coco")
+    assert index["verdict"] == "NOT_BLESSED" and index["pushed"] is False and index["pushed_path"] is None
+    assert "NOT_BLESSED" in output and "pushed: nothing" in output
+
+
+def test_corrupt_input_exits_2_naming_the_component(workspace, tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (coco / "images" / split).mkdir(parents=True)
+        (coco / "annotations" / f"person_keypoints_{split}.json").write_text('{"images": [')
+    code, output = run_pipeline(workspace, "--data", "coco", "--coco-root", str(coco), "--small-run",
+                                "--config", DEMO_CONFIG, "--run-id", "corrupt")
+    assert code == 2, output[-4000:]
+    assert "component PoseExampleGen failed" in output
+    assert "person_keypoints_train2017.json" in output
 
 
 def test_real_mpii_layout(shared_data, tmp_path):
@@ -138,30 +218,16 @@ def test_real_mpii_layout(shared_data, tmp_path):
     os.symlink(os.path.join(samples, "images"), root / "images")
     config = tmp_path / "tiny_mpii.yaml"
     config.write_text(TINY_MPII_CONFIG)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     runs = str(tmp_path / "runs")
-    code, output = run_pipeline("--data", "mpii", "--mpii-root", str(root), "--config", str(config),
-                                "--max-steps", "1", "--runs-dir", runs, "--run-id", "mpii",
+    code, output = run_pipeline((runs, str(scratch)), "--data", "mpii", "--mpii-root", str(root),
+                                "--config", str(config), "--max-steps", "1", "--run-id", "mpii",
                                 "--threshold", "PCKh@0.5=0")
     assert code == 0, output[-4000:]
     index = read_index(runs, "mpii")
-    assert index["verdict"] == "BLESSED"
-    assert index["records"]["splits"] == {"train": 2, "eval": 2}
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True
+    examples = mlmd_record(runs)["nodes"]["PoseExampleGen"]["outputs"]["examples"][0]
+    assert (examples["properties"]["num_records_train"], examples["properties"]["num_records_eval"]) == (2, 2)
     assert "PCKh@0.5" in index["metrics"]
     assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
-
-
-def test_stage_failure_names_the_stage(tmp_path):
-    bad = tmp_path / "coco"
-    for folder in ("annotations", "images/train2017", "images/val2017"):
-        os.makedirs(bad / folder)
-    for split in ("train2017", "val2017"):
-        (bad / "annotations" / f"person_keypoints_{split}.json").write_text("{not json")
-    runs = str(tmp_path / "runs")
-    code, output = run_pipeline("--data", "coco", "--coco-root", str(bad), "--config", DEMO_CONFIG,
-                                "--runs-dir", runs, "--run-id", "bad")
-    assert code == 2, output[-4000:]
-    index = read_index(runs, "bad")
-    assert index["verdict"] == "FAILED" and "example_gen" in index["errors"]
-    assert "person_keypoints_train2017.json" in index["errors"]["example_gen"]
-    assert "ERROR in stage example_gen" in output
-    assert "trainer" not in index["outputs"]

@@ -47,6 +47,38 @@ def test_push_is_versioned_recorded_and_loadable(model_dir, tmp_path):
     assert pusher.run_pusher(model_dir, bless, destination, run_id="run-c")["version"] == 8
 
 
+def test_baseline_resolution_reads_tfx_pusher_layout(model_dir, tmp_path):
+    """TFX's standard Pusher writes ``<dest>/<unix time>/`` (SavedModel files, no markers): --baseline auto finds it."""
+    destination = str(tmp_path / "serving")
+    saved_model = pusher.saved_model_path(model_dir)
+    older, newer = "1764000000", "1764000100"
+    for version in (older, newer):
+        tf.io.gfile.makedirs(os.path.join(destination, version))
+        for name in tf.io.gfile.listdir(saved_model):
+            source = os.path.join(saved_model, name.rstrip("/"))
+            if tf.io.gfile.isdir(source):
+                continue
+            tf.io.gfile.copy(source, os.path.join(destination, version, name), overwrite=True)
+    assert evaluator.resolve_baseline(destination) == os.path.join(destination, newer)
+    # A TFX push cut short (saved_model.pb is copied last) is no baseline.
+    os.makedirs(os.path.join(destination, "1764000200", "variables"))
+    assert evaluator.resolve_baseline(destination) == os.path.join(destination, newer)
+    # A small version without our commit marker is one of ours cut short, not a TFX push.
+    os.makedirs(os.path.join(destination, "5"))
+    open(os.path.join(destination, "5", "saved_model.pb"), "wb").close()
+    assert not pusher.is_tfx_push(destination, 5)
+    assert evaluator.resolve_baseline(destination) == os.path.join(destination, newer)
+    # Ours, committed after the TFX pushes (version = highest + 1), wins; ours not blessed is skipped.
+    ours = pusher.run_pusher(model_dir, _blessing(tmp_path / "blessing"), destination, run_id="ours")
+    assert ours["version"] == 1764000201
+    assert evaluator.resolve_baseline(destination) == ours["path"]
+    record_path = os.path.join(ours["path"], pusher.PUSH_RECORD)
+    record = json.load(open(record_path))
+    record["blessed"] = False
+    json.dump(record, open(record_path, "w"))
+    assert evaluator.resolve_baseline(destination) == os.path.join(destination, newer)
+
+
 @pytest.mark.parametrize("case", ["not_blessed", "missing", "corrupt_json", "both_markers", "marker_mismatch"])
 def test_nothing_pushed_without_valid_blessing(model_dir, tmp_path, case, caplog):
     bless = tmp_path / "blessing"

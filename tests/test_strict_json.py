@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from components import blessing, example_gen, pusher
-from pipeline import run_summary, stages, synthetic
+from pipeline import run_summary, synthetic
 from schemas import jsonio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,15 +167,13 @@ def test_writers_write_strict_json_from_nan_values(tmp_path):
     (push_record,) = _strict(os.path.join(pushed["path"], pusher.PUSH_RECORD))
     assert push_record["metrics"]["AP"] is None and push_record["version"] == pushed["version"]
 
-    stages._write_json(str(tmp_path / "stage"), stages.STAGE_SUMMARY, {"seconds": NAN, "result": {"AP": INF}})
-    assert _strict(str(tmp_path / "stage" / stages.STAGE_SUMMARY)) == [{"result": {"AP": None}, "seconds": None}]
-
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run_summary.write_index(str(run_dir), {"run_id": "r", "verdict": "BLESSED", "metrics": metrics,
                                            "stage_times_s": {"trainer": 1.0}, "total_s": NAN,
                                            "training": {"final_loss": NAN}, "outputs": {}, "run_dir": str(run_dir)})
     assert _strict(str(run_dir / run_summary.INDEX_JSON))[0]["metrics"]["AP"] is None
+    assert (run_dir / run_summary.INDEX_MD).read_text().startswith("# Run r: BLESSED")
 
     synthetic._write_json(str(tmp_path / "synthetic.json"), {"bbox": [NAN, 1.0, 2.0, 3.0]})
     assert _strict(str(tmp_path / "synthetic.json")) == [{"bbox": [None, 1.0, 2.0, 3.0]}]

@@ -1,0 +1,206 @@
+"""TFX components over the project's pure cores: PoseExampleGen and PoseEvaluator.
+
+Both are class-based TFX components (a ``ComponentSpec``, a Beam executor) with
+standard artifact types, so they mix with TFX's own components:
+
+- :class:`PoseExampleGen` -> ``Examples`` (``split_names`` ``["train", "eval"]``,
+  ``Split-train/``, ``Split-eval/``, ``manifest.json``, ``dead_letter.jsonl``).
+  The executor calls :func:`components.example_gen.run_example_gen` with the
+  pipeline's ``beam_pipeline_args``. Why not ``FileBasedExampleGen`` with a
+  custom executor: its executor contract is a per-split PTransform yielding
+  ``tf.Example``s that TFX then writes itself from one ``input_base`` with
+  split patterns; our core takes two annotation files plus image folders (and a
+  detection file for the eval split), writes its own gzip'd shards byte-for-byte
+  reproducibly, counts dead letters and publishes atomically with a manifest. A
+  custom component keeps that core unchanged and is the thinner layer.
+- :class:`PoseEvaluator` -> ``ModelEvaluation`` + ``ModelBlessing``. The
+  executor calls :func:`components.evaluator.run_evaluator` (Beam inference
+  through the exported ``serving_default`` signature, then TFMA with our custom
+  metrics COCO OKS-AP / MPII PCKh and the value/change thresholds). Why not
+  TFX's standard ``Evaluator``: our metrics are TFMA metrics over *joined*
+  per-person examples (ground truth of the record + keypoints decoded by the
+  model in original-image pixels) that the inference step builds and checks
+  (dead letters, non-finite predictions); the standard Evaluator's extractors
+  feed the metrics the raw record and the signature outputs, and COCO AP also
+  needs the ground-truth annotation file, so the standard Evaluator would need
+  these metrics rewritten over TFMA extracts. The blessing artifact carries the
+  same custom properties as the standard Evaluator's (``blessed``,
+  ``current_model``/``_id``, ``baseline_model``/``_id``), which is what TFX's
+  ``Pusher`` and ``LatestBlessedModelStrategy`` read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.dsl.io import fileio
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils
+
+from schemas import examples as examples_layout
+from schemas import jsonio
+
+SPLITS = list(examples_layout.SPLITS)
+
+# ModelBlessing custom properties, as TFX's own Evaluator writes them.
+BLESSED_KEY = "blessed"
+CURRENT_MODEL_KEY = "current_model"
+CURRENT_MODEL_ID_KEY = "current_model_id"
+BASELINE_MODEL_KEY = "baseline_model"
+BASELINE_MODEL_ID_KEY = "baseline_model_id"
+
+
+def _optional(value: str | None) -> str | None:
+    return value or None
+
+
+# The config sections ExampleGen reads (the same ones its content hash covers): passing only
+# these keeps TFX's cache key free of training and evaluation settings.
+EXAMPLE_GEN_CONFIG_KEYS = ("dataset", "data", "codec")
+
+
+def example_gen_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of an experiment config that ExampleGen uses."""
+    return {key: config[key] for key in EXAMPLE_GEN_CONFIG_KEYS if key in config}
+
+
+class PoseExampleGenSpec(types.ComponentSpec):
+    """COCO / MPII annotations + images -> Examples."""
+    PARAMETERS = {
+        "dataset": ExecutionParameter(type=str),
+        "config_json": ExecutionParameter(type=str),
+        "train_annotations": ExecutionParameter(type=str),
+        "train_images": ExecutionParameter(type=str),
+        "eval_annotations": ExecutionParameter(type=str),
+        "eval_images": ExecutionParameter(type=str),
+        "det_file": ExecutionParameter(type=str, optional=True),
+        # Content hash of the inputs: part of the execution's properties, so TFX's cache
+        # reuses a previous ExampleGen output only when the data itself is unchanged.
+        "input_fingerprint": ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS: Dict[str, ChannelParameter] = {}
+    OUTPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
+
+
+class PoseExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
+    """Runs :func:`components.example_gen.run_example_gen` into the Examples artifact."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from components.example_gen import run_example_gen
+        from pipeline import cli
+
+        # beam_pipeline_args edited in a compiled spec: stop naming the flag, before any work (issue 12).
+        cli.check_beam_flags(list(self._beam_pipeline_args or []))
+        examples = artifact_utils.get_single_instance(output_dict["examples"])
+        config = json.loads(exec_properties["config_json"])
+        manifest = run_example_gen(
+            dataset=exec_properties["dataset"], out_dir=examples.uri, config=config,
+            train_annotations=_optional(exec_properties.get("train_annotations")),
+            train_images=_optional(exec_properties.get("train_images")),
+            eval_annotations=_optional(exec_properties.get("eval_annotations")),
+            eval_images=_optional(exec_properties.get("eval_images")),
+            det_file=_optional(exec_properties.get("det_file")),
+            beam_args=list(self._beam_pipeline_args or []))
+        splits = manifest.get("splits", {})
+        missing = [split for split in SPLITS if not splits.get(split)]
+        if missing:
+            raise ValueError(f"PoseExampleGen wrote no records for split(s) {missing}: splits={splits}, "
+                             f"skipped={manifest.get('skipped')}")
+        examples.split_names = artifact_utils.encode_split_names(SPLITS)
+        for split in SPLITS:
+            examples.set_int_custom_property(f"num_records_{split}", int(splits[split]))
+        examples.set_int_custom_property("num_skipped", int(sum((manifest.get("skipped") or {}).values())))
+        examples.set_string_custom_property("dataset", exec_properties["dataset"])
+        if manifest.get("content_hash"):
+            examples.set_string_custom_property("content_hash", str(manifest["content_hash"]))
+
+
+class PoseExampleGen(base_beam_component.BaseBeamComponent):
+    """ExampleGen for COCO / MPII person crops with DARK heatmaps (see module doc)."""
+    SPEC_CLASS = PoseExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(PoseExampleGenExecutor)
+
+    def __init__(self, *, dataset: str, config: Dict[str, Any], train_annotations: str, train_images: str,
+                 eval_annotations: str, eval_images: str, det_file: str = "", input_fingerprint: str = ""):
+        spec = PoseExampleGenSpec(
+            dataset=dataset, config_json=jsonio.dumps(example_gen_config(dict(config)), sort_keys=True),
+            train_annotations=train_annotations, train_images=train_images,
+            eval_annotations=eval_annotations, eval_images=eval_images, det_file=det_file,
+            input_fingerprint=input_fingerprint,
+            examples=types.Channel(type=standard_artifacts.Examples))
+        super().__init__(spec=spec)
+
+
+class PoseEvaluatorSpec(types.ComponentSpec):
+    """Examples + candidate Model (+ baseline Model) -> ModelEvaluation + ModelBlessing."""
+    PARAMETERS = {
+        "config_json": ExecutionParameter(type=str),
+        "gt_annotations": ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class PoseEvaluatorExecutor(base_beam_executor.BaseBeamExecutor):
+    """Runs :func:`components.evaluator.run_evaluator`; the verdict goes on the ModelBlessing."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from components.evaluator import EVALUATION_DIR, run_evaluator
+        from pipeline import cli
+
+        cli.check_beam_flags(list(self._beam_pipeline_args or []))
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        baselines = input_dict.get("baseline_model") or []
+        baseline = baselines[0] if baselines else None
+        if baseline is not None and baseline.id == model.id:
+            baseline = None   # the resolver found this very model (a cached re-run): no baseline
+        evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+        config = json.loads(exec_properties["config_json"])
+        record = run_evaluator(model.uri, examples.uri, config, blessing.uri,
+                               baseline_model_dir=baseline.uri if baseline is not None else None,
+                               gt_annotations=_optional(exec_properties.get("gt_annotations")),
+                               beam_args=list(self._beam_pipeline_args or []))
+        # ModelEvaluation: TFMA's output (metrics, validations) plus our metrics.json and report.
+        io_utils.copy_dir(os.path.join(blessing.uri, EVALUATION_DIR), evaluation.uri)
+        blessing.set_int_custom_property(BLESSED_KEY, 1 if record["blessed"] else 0)
+        blessing.set_string_custom_property(CURRENT_MODEL_KEY, model.uri)
+        blessing.set_int_custom_property(CURRENT_MODEL_ID_KEY, model.id)
+        if baseline is not None:
+            blessing.set_string_custom_property(BASELINE_MODEL_KEY, baseline.uri)
+            blessing.set_int_custom_property(BASELINE_MODEL_ID_KEY, baseline.id)
+        for name, value in (record.get("metrics") or {}).items():
+            if value is not None:
+                evaluation.set_float_custom_property(name, float(value))
+                blessing.set_float_custom_property(name, float(value))
+        if not fileio.exists(os.path.join(blessing.uri, "BLESSED" if record["blessed"] else "NOT_BLESSED")):
+            raise RuntimeError(f"PoseEvaluator: run_evaluator left no verdict marker in {blessing.uri}")
+
+
+class PoseEvaluator(base_beam_component.BaseBeamComponent):
+    """Evaluator for COCO OKS-AP / MPII PCKh with value and change thresholds (see module doc)."""
+    SPEC_CLASS = PoseEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(PoseEvaluatorExecutor)
+
+    def __init__(self, *, examples: types.BaseChannel, model: types.BaseChannel, config: Dict[str, Any],
+                 baseline_model: types.BaseChannel | None = None, gt_annotations: str = ""):
+        spec = PoseEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model,
+            config_json=jsonio.dumps(dict(config), sort_keys=True), gt_annotations=gt_annotations,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        super().__init__(spec=spec)
