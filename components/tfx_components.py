@@ -35,9 +35,11 @@ import os
 from typing import Any, Dict, List
 
 from tfx import types
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
+from tfx.proto import example_gen_pb2
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
@@ -112,6 +114,8 @@ class PoseExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
             raise ValueError(f"PoseExampleGen wrote no records for split(s) {missing}: splits={splits}, "
                              f"skipped={manifest.get('skipped')}")
         examples.split_names = artifact_utils.encode_split_names(SPLITS)
+        # Serialized tf.Examples (schemas.features): what TFX's own components read them as.
+        examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
         for split in SPLITS:
             examples.set_int_custom_property(f"num_records_{split}", int(splits[split]))
         examples.set_int_custom_property("num_skipped", int(sum((manifest.get("skipped") or {}).values())))

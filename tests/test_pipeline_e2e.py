@@ -89,6 +89,7 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
     assert json.loads(examples["properties"]["split_names"]) == ["train", "eval"]
     assert examples["properties"]["num_records_train"] >= 20 and examples["properties"]["num_records_eval"] >= 6
+    assert examples["properties"]["payload_format"] == "FORMAT_TF_EXAMPLE"   # as TFX's own components read it
     for split in ("train", "eval"):
         assert any(name.startswith("data_tfrecord-")
                    for name in os.listdir(os.path.join(examples["uri"], f"Split-{split}")))
