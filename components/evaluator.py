@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from components import blessing as blessing_lib
 from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
+from pipeline import cli
 from schemas import examples as examples_layout
 from schemas import jsonio
 from schemas import features as record_features
@@ -45,7 +46,7 @@ from schemas.keypoints import get_schema
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+DEFAULT_BEAM_ARGS = ("--direct_num_workers=1",)
 EVALUATION_DIR = "evaluation"
 _TOLERANCE = 1e-9
 
@@ -335,6 +336,7 @@ def _format_check(row: Mapping[str, Any]) -> str:
 
 def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], output_dir: str,
                   baseline_model_dir: str | None = None, gt_annotations: str | None = None,
+                  data_anomalies: Mapping[str, List[str]] | None = None,
                   beam_args: List[str] | None = None) -> Dict[str, Any]:
     """Evaluates a candidate SavedModel (against an optional baseline) and writes the blessing.
 
@@ -348,6 +350,9 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         gt_annotations: COCO keypoint json (needed for detector-box records; gives the exact
             protocol with crowd / unlabelled persons) or, for MPII, a ``gt_valid.mat`` layout
             file (required: head sizes).
+        data_anomalies: ``{split: [anomaly lines]}`` from the data gate
+            (:func:`components.data_validation.read_anomalies`); any refuses the blessing,
+            each split named in the reasons.
         beam_args: Beam pipeline flags; default DirectRunner in-memory.
 
     Returns:
@@ -380,7 +385,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     candidate_path = pusher.saved_model_path(model_dir)
     baseline_path = pusher.saved_model_path(baseline_model_dir) if baseline_model_dir else None
     pattern = eval_file_pattern(examples_dir)
-    beam_args = list(beam_args) if beam_args else list(DEFAULT_BEAM_ARGS)
+    beam_args = cli.local_beam_flags(list(beam_args) if beam_args else list(DEFAULT_BEAM_ARGS))
     evaluation_dir = os.path.join(output_dir, EVALUATION_DIR)
     tf.io.gfile.makedirs(evaluation_dir)
     blessing_lib.clear_blessing(output_dir)  # a failed re-run must not leave the previous verdict behind
@@ -425,7 +430,12 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         reasons.append(f"TFMA metrics differ from the direct computation: {mismatch}")
     if not tfma_result["validation_ok"] and not any(not row["passed"] for row in checks):
         reasons.append(f"TFMA validation failed: {tfma_result['failures']}")
-    blessed = bool(tfma_result["validation_ok"]) and not inference["skipped"] and not mismatch
+    if data_anomalies:
+        from components import data_validation
+
+        reasons += data_validation.anomaly_reasons(data_anomalies)
+    blessed = (bool(tfma_result["validation_ok"]) and not inference["skipped"] and not mismatch
+               and not data_anomalies)
     if blessed and reasons:  # TFMA passed but our row-by-row twin disagrees: do not bless on a contradiction
         blessed = False
         reasons.append("TFMA validation passed but the threshold checks did not")
@@ -448,6 +458,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         "reasons": reasons,
         "tfma_validation_ok": tfma_result["validation_ok"],
         "tfma_failures": tfma_result["failures"],
+        "data_anomalies": dict(data_anomalies or {}),
         "num_persons": inference["num_persons"],
         "skipped": inference["skipped"],
         # GT persons whose OKS area came from their box (no annotation area; metrics_coco.oks_area)

@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from components import ingest_core as core
 from pipeline import cli
@@ -239,18 +239,8 @@ def build_pipeline(pipeline: beam.Pipeline, tasks_file: str, config: Mapping[str
 # --------------------------------------------------------------------------
 
 def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
-    """Beam options from command-line flags, unchanged, except one default.
-
-    With the DirectRunner (the default) and no ``--direct_running_mode``,
-    ``in_memory`` is used (the default Prism mode needs a download).
-    """
-    flags = list(beam_args or [])
-    options = PipelineOptions(flags)
-    runner = options.view_as(StandardOptions).runner
-    if (runner in (None, "DirectRunner", "direct")
-            and not any(flag.startswith("--direct_running_mode") for flag in flags)):
-        flags.append("--direct_running_mode=in_memory")
-        options = PipelineOptions(flags)
+    """Beam options from command-line flags with the local DirectRunner defaults (:func:`pipeline.cli.local_beam_flags`)."""
+    options = PipelineOptions(cli.local_beam_flags(beam_args))
     if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         # Worker processes import this package: make sure they can find it.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,10 @@ Layout of a push destination (local path or ``gs://``)::
     <push_destination>/.staging-<id>/           in-flight copy (removed at the end)
 
 Versions are positive integers (TF Serving's layout), each one greater than
-every version directory present, complete or not, so they only increase.
+every version directory present, complete or not, so they only increase. The
+TFX pipeline's Pusher (TFX's ``Pusher`` component with
+:class:`components.tfx_components.PosePusherExecutor`) pushes the same way,
+with versions named by Unix time as TFX's own Pusher names them.
 
 Atomicity: a version counts as pushed only when ``PUSH_COMPLETE`` exists, and
 it is written after every other file. The model is first copied to a staging
@@ -208,6 +211,62 @@ def _publish_remote(staging: str, final: str, files: List[str], delay: float) ->
             time.sleep(delay)
 
 
+def publish(source: str, push_destination: str, fields: Mapping[str, Any], min_version: int = 1) -> Dict[str, Any]:
+    """Copies the SavedModel ``source`` to a new committed ``<push_destination>/<version>/`` (see module doc).
+
+    The one owner of the push mechanics, used by :func:`run_pusher` (the CLI)
+    and by the TFX pipeline's Pusher executor
+    (:class:`components.tfx_components.PosePusherExecutor`). It does not look at
+    blessings: callers push only blessed models.
+
+    Args:
+        source: a SavedModel directory (holds ``saved_model.pb``), local or ``gs://``.
+        push_destination: local directory or ``gs://`` prefix (created if missing).
+        fields: what the push record says besides ``version``, ``path``,
+            ``source``, ``pushed_at`` and ``files`` (``run_id``, ``blessed``,
+            ``metrics``, ``baseline``, ...); JSON-serialisable.
+        min_version: the version is at least this (TFX's Pusher names versions by
+            Unix time: pass ``int(time.time())`` for that naming) and greater than
+            every version present.
+
+    Returns:
+        the push record (also in ``<version>/push_record.json``).
+
+    Raises:
+        FileNotFoundError: ``source`` holds no ``saved_model.pb``.
+        FileExistsError: the version appeared during the push (concurrent pusher); nothing committed.
+    """
+    if not tf.io.gfile.exists(f"{source.rstrip('/')}/saved_model.pb"):
+        raise FileNotFoundError(f"no SavedModel to push in {source} (saved_model.pb missing)")
+    delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
+    destination = push_destination.rstrip("/") or push_destination
+    tf.io.gfile.makedirs(destination)
+    local = "://" not in destination
+    staging = f"{destination}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        files = _copy_tree(source, staging, delay)  # the slow part, outside the version namespace
+        version = max(int(min_version), _next_version(destination))
+        final = f"{destination}/{version}"
+        record = {**dict(fields), "version": version, "path": final, "source": source,
+                  "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), "files": files}
+        with tf.io.gfile.GFile(f"{staging}/{PUSH_RECORD}", "w") as handle:
+            handle.write(jsonio.dumps(record, indent=2, sort_keys=True, default=float))
+        with tf.io.gfile.GFile(f"{staging}/{COMMIT_MARKER}", "w") as handle:
+            handle.write(record["pushed_at"])
+        if tf.io.gfile.exists(final):
+            raise FileExistsError(f"version {final} appeared during the push (concurrent pusher?); "
+                                  "nothing was committed")
+        if local:
+            os.rename(staging, final)  # atomic on one filesystem: the version appears complete or not at all
+        else:
+            _publish_remote(staging, final, files + [PUSH_RECORD, COMMIT_MARKER], delay)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    logger.info("pushed %s -> %s", source, final)
+    return record
+
+
 def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id: str,
                metrics: Mapping[str, Any] | None = None) -> Dict[str, Any] | None:
     """Pushes ``<model_dir>/Format-Serving`` to ``<push_destination>/<version>/`` if blessed.
@@ -241,44 +300,13 @@ def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id:
     if not blessing["blessed"]:
         logger.warning("not pushing: model is NOT_BLESSED (%s)", "; ".join(blessing.get("reasons", [])) or "no reason")
         return None
-    source = saved_model_path(model_dir)
-    delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
-    destination = push_destination.rstrip("/") or push_destination
-    tf.io.gfile.makedirs(destination)
-    local = "://" not in destination
-    staging = f"{destination}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        files = _copy_tree(source, staging, delay)  # the slow part, outside the version namespace
-        version = _next_version(destination)
-        final = f"{destination}/{version}"
-        record = {
-            "version": version,
-            "path": final,
-            "run_id": run_id,
-            "source": source,
-            "blessed": True,
-            "blessing_dir": blessing_dir,
-            "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
-            "baseline": blessing.get("baseline"),
-            "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "files": files,
-        }
-        with tf.io.gfile.GFile(f"{staging}/{PUSH_RECORD}", "w") as handle:
-            handle.write(jsonio.dumps(record, indent=2, sort_keys=True, default=float))
-        with tf.io.gfile.GFile(f"{staging}/{COMMIT_MARKER}", "w") as handle:
-            handle.write(record["pushed_at"])
-        if tf.io.gfile.exists(final):
-            raise FileExistsError(f"version {final} appeared during the push (concurrent pusher?); "
-                                  "nothing was committed")
-        if local:
-            os.rename(staging, final)  # atomic on one filesystem: the version appears complete or not at all
-        else:
-            _publish_remote(staging, final, files + [PUSH_RECORD, COMMIT_MARKER], delay)
-    finally:
-        if tf.io.gfile.exists(staging):
-            tf.io.gfile.rmtree(staging)
-    logger.info("pushed %s -> %s", source, final)
-    return record
+    return publish(saved_model_path(model_dir), push_destination, {
+        "run_id": run_id,
+        "blessed": True,
+        "blessing_dir": blessing_dir,
+        "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
+        "baseline": blessing.get("baseline"),
+    })
 
 
 def main(argv: List[str] | None = None) -> int:

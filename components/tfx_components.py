@@ -27,6 +27,23 @@ standard artifact types, so they mix with TFX's own components:
   same custom properties as the standard Evaluator's (``blessed``,
   ``current_model``/``_id``, ``baseline_model``/``_id``), which is what TFX's
   ``Pusher`` and ``LatestBlessedModelStrategy`` read.
+- :class:`PoseDataValidator` -> ``ExampleAnomalies``: the optional data gate
+  (:mod:`components.data_validation`). TFX's ``ExampleValidator`` checks
+  statistics against a schema only; this one also passes the previous run's
+  statistics to TFDV, so the schema's drift comparators apply. It writes what
+  ExampleValidator writes (``Split-*/SchemaDiff.pb``, ``blessed`` per split), and
+  :class:`PoseEvaluator` takes either's ``ExampleAnomalies``.
+- :class:`PosePusherExecutor`: the executor the pipeline gives TFX's standard
+  ``Pusher`` component (``custom_executor_spec``): the component, its inputs,
+  its ``PushedModel`` output and its blessing check (TFX's ``CheckBlessing``:
+  nothing pushed without a blessed ``ModelBlessing``) are TFX's own; only the copy
+  is ours (:func:`components.pusher.publish`): staged outside the version
+  namespace, then renamed (local) or copied in commit order (``gs://``), with a
+  ``push_record.json`` and the ``PUSH_COMPLETE`` marker, so TF Serving never sees
+  a partial version. TFX's own executor copies straight into ``<base>/<unix
+  time>/`` (``saved_model.pb`` last), where a push cut short leaves a partial
+  variables folder under a live version name. Versions stay named by Unix time,
+  as TFX's Pusher names them.
 """
 from __future__ import annotations
 
@@ -35,13 +52,17 @@ import os
 from typing import Any, Dict, List
 
 from tfx import types
+from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.components.util import examples_utils
-from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.dsl.components.base import (base_beam_component, base_beam_executor, base_component, base_executor,
+                                      executor_spec)
+from tfx.dsl.input_resolution.strategies import latest_artifact_strategy
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, pusher_pb2
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import io_utils
+from tfx.types import standard_component_specs
+from tfx.utils import io_utils, proto_utils
 
 from schemas import examples as examples_layout
 from schemas import jsonio
@@ -150,6 +171,8 @@ class PoseEvaluatorSpec(types.ComponentSpec):
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        # The data gate's verdict (PoseDataValidator or TFX's ExampleValidator): anomalies refuse the blessing.
+        "anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -175,7 +198,13 @@ class PoseEvaluatorExecutor(base_beam_executor.BaseBeamExecutor):
         evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         config = json.loads(exec_properties["config_json"])
-        record = run_evaluator(model.uri, examples.uri, config, blessing.uri,
+        data_anomalies = None
+        for anomalies in input_dict.get("anomalies") or []:
+            from components import data_validation
+
+            data_anomalies = data_validation.read_anomalies(
+                anomalies.uri, artifact_utils.decode_split_names(anomalies.split_names))
+        record = run_evaluator(model.uri, examples.uri, config, blessing.uri, data_anomalies=data_anomalies,
                                baseline_model_dir=baseline.uri if baseline is not None else None,
                                gt_annotations=_optional(exec_properties.get("gt_annotations")),
                                beam_args=list(self._beam_pipeline_args or []))
@@ -201,10 +230,145 @@ class PoseEvaluator(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(PoseEvaluatorExecutor)
 
     def __init__(self, *, examples: types.BaseChannel, model: types.BaseChannel, config: Dict[str, Any],
-                 baseline_model: types.BaseChannel | None = None, gt_annotations: str = ""):
+                 baseline_model: types.BaseChannel | None = None, gt_annotations: str = "",
+                 anomalies: types.BaseChannel | None = None):
         spec = PoseEvaluatorSpec(
-            examples=examples, model=model, baseline_model=baseline_model,
+            examples=examples, model=model, baseline_model=baseline_model, anomalies=anomalies,
             config_json=jsonio.dumps(dict(config), sort_keys=True), gt_annotations=gt_annotations,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)
+
+
+class PreviousArtifactStrategy(latest_artifact_strategy.LatestArtifactStrategy):
+    """TFX's ``LatestArtifactStrategy`` that resolves to nothing instead of failing when there is none yet.
+
+    ``LatestArtifactStrategy.resolve_artifacts`` returns ``None`` when a channel
+    has no artifact in ML Metadata, which LocalDagRunner turns into an input
+    resolution error: the data gate's first run would fail. This one returns an
+    empty list (as ``LatestBlessedModelStrategy`` does), so the validator runs
+    without previous statistics. KubeflowV2DagRunner compiles only TFX's own two
+    strategies: the compiled pipeline uses ``LatestArtifactStrategy`` itself
+    (:func:`pipeline.pipeline.create_pipeline`'s ``previous_statistics_strategy``).
+    """
+
+    def resolve_artifacts(self, store, input_dict):
+        resolved = self._resolve(input_dict)
+        return {key: list(values) for key, values in resolved.items()}
+
+class PoseDataValidatorSpec(types.ComponentSpec):
+    """ExampleStatistics (+ the previous run's, + a Schema) -> ExampleAnomalies."""
+    PARAMETERS: Dict[str, ExecutionParameter] = {}
+    INPUTS = {
+        "statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics),
+        "previous_statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True),
+        "schema": ChannelParameter(type=standard_artifacts.Schema, optional=True),
+    }
+    OUTPUTS = {"anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies)}
+
+
+class PoseDataValidatorExecutor(base_executor.BaseExecutor):
+    """TFDV ``validate_statistics`` per split against the schema and the previous statistics
+    (:mod:`components.data_validation`); writes what TFX's ExampleValidator writes."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from tfx.components.statistics_gen import stats_artifact_utils
+        from tfx.utils import writer_utils
+
+        from components import data_validation
+
+        statistics = artifact_utils.get_single_instance(input_dict["statistics"])
+        previous = (input_dict.get("previous_statistics") or [None])[0]
+        if previous is not None and previous.id == statistics.id:
+            previous = None   # a cached StatisticsGen: the "previous" statistics are these very ones
+        schemas = input_dict.get("schema") or []
+        schema = (io_utils.SchemaReader().read(io_utils.get_only_uri_in_dir(schemas[0].uri)) if schemas
+                  else data_validation.load_schema())
+        anomalies = artifact_utils.get_single_instance(output_dict["anomalies"])
+        splits = artifact_utils.decode_split_names(statistics.split_names)
+        previous_splits = set(artifact_utils.decode_split_names(previous.split_names)) if previous else set()
+        anomalies.split_names = artifact_utils.encode_split_names(splits)
+        blessed = {}
+        for split in splits:
+            current = stats_artifact_utils.load_statistics(statistics, split).proto()
+            before = (stats_artifact_utils.load_statistics(previous, split).proto()
+                      if split in previous_splits else None)
+            result = data_validation.validate(current, schema, before)
+            writer_utils.write_anomalies(
+                os.path.join(artifact_utils.get_split_uri([anomalies], split), data_validation.ANOMALIES_FILE), result)
+            blessed[split] = 0 if data_validation.describe(result) else 1
+        anomalies.set_json_value_custom_property(data_validation.BLESSED_KEY, blessed)
+        if previous is not None:
+            anomalies.set_int_custom_property("previous_statistics_id", previous.id)
+
+
+class PoseDataValidator(base_component.BaseComponent):
+    """The data gate (see :mod:`components.data_validation`): ExampleValidator with drift against the previous run."""
+    SPEC_CLASS = PoseDataValidatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(PoseDataValidatorExecutor)
+
+    def __init__(self, *, statistics: types.BaseChannel, previous_statistics: types.BaseChannel | None = None,
+                 schema: types.BaseChannel | None = None):
+        super().__init__(spec=PoseDataValidatorSpec(
+            statistics=statistics, previous_statistics=previous_statistics, schema=schema,
+            anomalies=types.Channel(type=standard_artifacts.ExampleAnomalies)))
+
+class PosePusherExecutor(tfx_pusher_executor.Executor):
+    """TFX's Pusher executor with the staged, committed push of :func:`components.pusher.publish`.
+
+    Inputs, outputs and the blessing check are TFX's (``model``,
+    ``model_blessing``, ``PushedModel`` with ``pushed``/``pushed_destination``/
+    ``pushed_version``); a filesystem ``push_destination`` (local or ``gs://``)
+    with ``AUTO`` or ``UNIX_TIMESTAMP`` versioning, as TFX's own executor takes.
+    The push record holds the blessing's metrics (our evaluator's
+    ``blessing.json`` where present, else the blessing artifact's float
+    properties), the ML Metadata ids of the model and blessing, and the
+    pipeline run id.
+
+    Raises:
+        NotImplementedError: a non-filesystem destination or another versioning.
+    """
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        import time
+
+        from components import blessing as blessing_lib
+        from components import pusher
+
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if destination.WhichOneof("destination") != "filesystem":
+            raise NotImplementedError(f"PosePusherExecutor pushes to a filesystem destination, got "
+                                      f"{destination.WhichOneof('destination')!r}")
+        filesystem = destination.filesystem
+        if filesystem.versioning not in (pusher_pb2.Versioning.AUTO, pusher_pb2.Versioning.UNIX_TIMESTAMP):
+            raise NotImplementedError(f"unsupported versioning {filesystem.versioning}")
+        fields: Dict[str, Any] = {"blessed": True, "run_id": self._context.pipeline_run_id or "",
+                                  "metrics": {}, "baseline": None}
+        model = (input_dict.get(standard_component_specs.MODEL_KEY) or [None])[0]
+        if model is not None:
+            fields["model_artifact_id"] = model.id
+        blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY) or []
+        if blessings:
+            blessing = blessings[0]
+            fields["blessing_dir"] = blessing.uri
+            fields["blessing_artifact_id"] = blessing.id
+            try:
+                record = blessing_lib.read_blessing(blessing.uri)
+                fields["metrics"] = dict(record.get("metrics") or {})
+                fields["baseline"] = record.get("baseline")
+            except blessing_lib.BlessingError:  # TFX's own Evaluator: the verdict is on the artifact only
+                fields["metrics"] = {name: value for name, value in
+                                     ((key, blessing.get_custom_property(key)) for key in blessing.mlmd_artifact.custom_properties)
+                                     if isinstance(value, float)}
+        record = pusher.publish(model_path, filesystem.base_directory, fields, min_version=int(time.time()))
+        io_utils.copy_dir(model_path, model_push.uri)  # the PushedModel's own copy, as TFX's executor keeps
+        self._MarkPushed(model_push, pushed_destination=record["path"], pushed_version=str(record["version"]))

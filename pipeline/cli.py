@@ -171,6 +171,49 @@ def check_beam_flags(flags: Sequence[str], own_options: Iterable[str] = ()) -> L
     return list(flags)
 
 
+DIRECT_RUNNERS = ("directrunner", "direct", "switchingdirectrunner")
+DIRECT_RUNNING_MODE_DEFAULT = "--direct_running_mode=in_memory"
+SKIP_PRISM_FLAG = "--allow_unsafe_triggers"
+"""Beam >= 2.6x's ``DirectRunner`` first tries the Prism runner (building an sdist of ``--setup_file``
+twice and downloading a Prism binary), then falls back to the Python FnApiRunner, whatever
+``--direct_running_mode`` says. Its ``_PrismRunnerSupportVisitor`` skips Prism for pipelines that
+``allow_unsafe_triggers``; that flag only turns off a check of data-dependent triggers in streaming
+windows, which our batch pipelines do not use, so it is how a local run goes straight to the
+FnApiRunner that ``--direct_running_mode`` configures (``apache_beam/runners/direct/direct_runner.py``)."""
+
+
+def local_beam_flags(flags: Sequence[str] | None) -> List[str]:
+    """Beam flags for a run, with the local defaults added when the runner is the DirectRunner.
+
+    The one owner of the local Beam defaults (ExampleGen, the Evaluator and the
+    TFX pipeline's ``beam_pipeline_args`` all take their flags through it).
+    With ``--runner`` absent or ``DirectRunner``: ``--direct_running_mode=in_memory``
+    unless a running mode is given, and :data:`SKIP_PRISM_FLAG` (see there)
+    unless given. Other runners (``DataflowRunner``, ``PrismRunner``, ...) get the
+    flags unchanged.
+
+    Args:
+        flags: Beam command-line flags (``--name=value`` or ``--name value``).
+
+    Returns:
+        a new list: ``flags`` in order, then the added defaults.
+    """
+    flags = [str(flag) for flag in (flags or [])]
+    runner = None
+    for index, flag in enumerate(flags):
+        if flag.startswith("--runner="):
+            runner = flag.split("=", 1)[1]
+        elif flag == "--runner" and index + 1 < len(flags):
+            runner = flags[index + 1]
+    if runner is not None and runner.lower() not in DIRECT_RUNNERS:
+        return flags
+    if not any(flag.startswith("--direct_running_mode") for flag in flags):
+        flags.append(DIRECT_RUNNING_MODE_DEFAULT)
+    if SKIP_PRISM_FLAG not in flags:
+        flags.append(SKIP_PRISM_FLAG)
+    return flags
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` for our CLIs: no abbreviations, unknown flags named with their close match.
 

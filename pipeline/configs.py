@@ -22,10 +22,6 @@ DEMO_CONFIG = "configs/demo.yaml"
 COCO_CONFIG = "configs/coco/w32_256x192.yaml"
 MPII_CONFIG = "configs/mpii/w32_256x256.yaml"
 
-# Beam flags added to a local run when the command line does not give them:
-# the DirectRunner's default Prism mode is not usable everywhere, in_memory is.
-LOCAL_BEAM_DEFAULTS = ("--direct_running_mode=in_memory",)
-
 # Embedded synthetic dataset (pipeline/synthetic.py) used with no --data.
 SYNTHETIC_TRAIN_IMAGES = 720
 SYNTHETIC_VAL_IMAGES = 80

@@ -1,9 +1,25 @@
 """Compiles the TFX pipeline for Kubeflow Pipelines / Vertex AI Pipelines (KubeflowV2DagRunner).
 
-``python pipeline.py --compile pipeline.json [--image <component image>] [--config <yaml>]``
+``python pipeline.py --compile pipeline.json --pipeline-root gs://BUCKET/tfx [--coco-root gs://BUCKET/coco]
+[--push-destination gs://BUCKET/serving/darkpose] [--image <component image>] [--config <yaml>]``
 writes a PipelineJob (its ``pipelineSpec`` is a kfp ``PipelineSpec``): the same
 :func:`pipeline.pipeline.create_pipeline` as the local run, each component run in the
 component image (``Dockerfile``), the config in the components' parameters.
+
+Where the data is and where blessed models go are **pipeline parameters**
+(TFX ``RuntimeParameter``s, :data:`PARAMETERS`), set when a job is submitted
+(Vertex AI: ``aiplatform.PipelineJob(..., parameter_values={...})``); the values
+given at compile time (``--coco-root`` / ``--mpii-root``, ``--det-file``,
+``--push-destination``) are written into the job's ``runtimeConfig`` and can be
+overridden there. A parameter without a value must be given at submission
+(Vertex AI refuses the job naming it). ``push_destination`` is TFX's
+``PushDestination`` as JSON (TFX's Pusher takes the whole proto as one
+parameter), e.g. ``{"filesystem": {"base_directory": "gs://BUCKET/serving/darkpose"}}``.
+The pipeline root is the job's ``gcsOutputDirectory`` (``--pipeline-root``; Vertex AI's
+``pipeline_root`` at submission overrides it).
+
+Caching: ExampleGen's cache key is its parameters, so new data under the same
+paths must change ``data_version`` (e.g. a date) or run with caching off.
 """
 from __future__ import annotations
 
@@ -11,44 +27,92 @@ import os
 from typing import Any, Dict
 
 from pipeline import configs
+from schemas import jsonio
 
-COMPILE_DATA_ROOT = "gs://YOUR_BUCKET/data"
-COMPILE_PIPELINE_ROOT = "gs://YOUR_BUCKET/tfx"
-COMPILE_PUSH_DESTINATION = "gs://YOUR_BUCKET/serving/darkpose"
+PARAMETERS = ("train_annotations", "train_images", "eval_annotations", "eval_images", "det_file",
+              "gt_annotations", "data_version", "push_destination")
+"""The compiled job's pipeline parameters."""
+
+DEFAULT_PUSH_SUBDIR = "serving/darkpose"
+"""``push_destination`` when ``--push-destination`` is not given: ``<pipeline root>/serving/darkpose``."""
+
+
+def data_paths(data: str, root: str, det_file: str = "") -> Dict[str, str]:
+    """The ExampleGen / Evaluator inputs under a dataset root laid out the DarkPose way (as the local run).
+
+    Args:
+        data: ``coco`` or ``mpii``.
+        root: the dataset root (``gs://`` or local), without a trailing slash.
+        det_file: COCO person detections for the eval split ("" = ground-truth boxes).
+    """
+    root = root.rstrip("/")
+    if data == "mpii":
+        return {"train_annotations": f"{root}/annot/train.json", "train_images": f"{root}/images",
+                "eval_annotations": f"{root}/annot/valid.json", "eval_images": f"{root}/images",
+                "det_file": "", "gt_annotations": f"{root}/annot/gt_valid.mat"}
+    return {"train_annotations": f"{root}/annotations/person_keypoints_train2017.json",
+            "train_images": f"{root}/images/train2017",
+            "eval_annotations": f"{root}/annotations/person_keypoints_val2017.json",
+            "eval_images": f"{root}/images/val2017", "det_file": det_file,
+            "gt_annotations": f"{root}/annotations/person_keypoints_val2017.json"}
+
+
+def push_destination_json(base_directory: str) -> str:
+    """TFX's ``PushDestination`` (filesystem) as the JSON string the ``push_destination`` parameter takes."""
+    return jsonio.dumps({"filesystem": {"base_directory": base_directory}})
+
+
+def parameter_values(args, data: str) -> Dict[str, str]:
+    """The job's ``runtimeConfig`` values from the compile flags (missing ones are left to the submission)."""
+    root = args.mpii_root if data == "mpii" else args.coco_root
+    values: Dict[str, str] = {}
+    if root:
+        values.update(data_paths(data, root, args.det_file or ""))
+    elif args.det_file:
+        values["det_file"] = args.det_file
+    destination = args.push_destination or f"{args.pipeline_root.rstrip('/')}/{DEFAULT_PUSH_SUBDIR}"
+    values["push_destination"] = push_destination_json(destination)
+    values["data_version"] = ""
+    return values
 
 
 def compile_pipeline(args, config: Dict[str, Any]) -> str:
     """Writes the Kubeflow / Vertex AI pipeline job (KubeflowV2DagRunner) to ``args.compile``.
 
-    The data paths are placeholders under ``gs://YOUR_BUCKET`` (edit them in the spec or
-    recompile); the config travels in the components' parameters.
+    Returns:
+        the job file's path.
+
+    Raises:
+        ValueError: no ``--pipeline-root``, or ``--data synthetic`` (the embedded data is local only).
     """
     from tfx import v1 as tfx
 
     from pipeline import pipeline as pipeline_definition
 
-    if args.data == "mpii":
-        paths = {"train_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/train.json",
-                 "train_images": f"{COMPILE_DATA_ROOT}/mpii/images",
-                 "eval_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/valid.json",
-                 "eval_images": f"{COMPILE_DATA_ROOT}/mpii/images",
-                 "gt_annotations": f"{COMPILE_DATA_ROOT}/mpii/annot/gt_valid.mat"}
-    else:
-        paths = {"train_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_train2017.json",
-                 "train_images": f"{COMPILE_DATA_ROOT}/coco/images/train2017",
-                 "eval_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_val2017.json",
-                 "eval_images": f"{COMPILE_DATA_ROOT}/coco/images/val2017",
-                 "gt_annotations": f"{COMPILE_DATA_ROOT}/coco/annotations/person_keypoints_val2017.json"}
-    beam_args = [flag for flag in args.beam_args if not flag.startswith("--direct_running_mode")]
+    if not args.pipeline_root:
+        raise ValueError("--compile needs --pipeline-root (where the job writes its artifacts, e.g. "
+                         "gs://BUCKET/tfx; Vertex AI's pipeline_root at submission overrides it)")
+    data = "mpii" if args.data == "mpii" else "coco"
+    parameter = tfx.dsl.experimental.RuntimeParameter
+    parameters = {name: parameter(name=name, ptype=str) for name in PARAMETERS}
+    inputs = {name: parameters[name] for name in PARAMETERS if name not in ("push_destination", "data_version")}
     pipeline = pipeline_definition.create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME, pipeline_root=COMPILE_PIPELINE_ROOT, config=config,
-        push_destination=COMPILE_PUSH_DESTINATION, det_file=args.det_file, beam_pipeline_args=beam_args,
+        pipeline_name=configs.PIPELINE_NAME, pipeline_root=args.pipeline_root, config=config,
+        push_destination=parameters["push_destination"], input_fingerprint=parameters["data_version"],
+        beam_pipeline_args=list(getattr(args, "user_beam_args", args.beam_args)),
         max_steps=args.max_steps, trainer_accelerator_type=args.trainer_accelerator,
         trainer_accelerator_count=args.trainer_accelerator_count or (1 if args.trainer_accelerator else 0),
-        trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory, **paths)
+        trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory,
+        data_validation=args.data_validation,
+        previous_statistics_strategy=tfx.dsl.experimental.LatestArtifactStrategy, **inputs)
     path = os.path.abspath(args.compile)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
-    runner.run(pipeline)
+    values = parameter_values(args, data)
+    runner.run(pipeline, parameter_values=values)
+    missing = [name for name in PARAMETERS if name not in values]
+    if missing:
+        print(f"[pipeline] parameters to give when submitting the job: {', '.join(missing)} "
+              f"(or compile with --{data}-root)", flush=True)
     return path

@@ -15,8 +15,11 @@ Dataflow's ``--project``/``--region``/``--temp_location``/``--setup_file`` ...);
 it goes unchanged to the Beam steps (ExampleGen, Evaluator). Any other flag
 (a typo, a prefix of a flag) stops the command before any work with exit
 status 2, naming the flag and its closest match (``pipeline/cli.py``).
-``--runner=DirectRunner`` without ``--direct_running_mode`` gets
-``--direct_running_mode=in_memory``.
+``--runner=DirectRunner`` (or no ``--runner``) gets the local defaults of
+:func:`pipeline.cli.local_beam_flags`: ``--direct_running_mode=in_memory`` unless
+a running mode is given, and ``--allow_unsafe_triggers``, which makes Beam's
+DirectRunner skip its Prism attempt (an sdist build and a download per Beam
+step) and run the FnApiRunner directly.
 
 Layout under ``--runs-dir`` (default ``runs/``): ``tfx/`` (the TFX pipeline root,
 shared by runs so TFX's cache reuses ExampleGen's output for unchanged data),
@@ -72,11 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="value gate, e.g. AP=0.8 (repeatable; replaces the config's bound for that metric)")
     parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=DROP",
                         help="change gate against the latest blessed model, e.g. AP=0.01 (repeatable)")
+    parser.add_argument("--data-validation", action="store_true",
+                        help="add the data gate: TFDV statistics of box area, box score and labelled joints, "
+                             "checked against schemas/data_gate.pbtxt and the previous run's statistics; "
+                             "anomalies refuse the blessing")
     parser.add_argument("--synthetic-train-images", type=int, default=configs.SYNTHETIC_TRAIN_IMAGES)
     parser.add_argument("--synthetic-val-images", type=int, default=configs.SYNTHETIC_VAL_IMAGES)
     parser.add_argument("--compile", metavar="FILE.yaml", default=None,
                         help="write the Kubeflow / Vertex AI pipeline spec and exit (nothing runs)")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE, help="component image for --compile")
+    parser.add_argument("--pipeline-root", default="",
+                        help="TFX pipeline root, the artifacts' folder (local or gs://; default <runs-dir>/tfx); "
+                             "required with --compile (e.g. gs://BUCKET/tfx)")
     parser.add_argument("--trainer-accelerator", default="",
                         help="--compile: accelerator type of the Trainer step (e.g. NVIDIA_TESLA_A100)")
     parser.add_argument("--trainer-accelerator-count", type=int, default=0,
@@ -111,13 +121,8 @@ def beam_flags(extra: Sequence[str], own_options: Sequence[str] = ()) -> List[st
             does not recognise either, a stray argument, or a value Beam
             rejects (see :func:`pipeline.cli.parse_beam_flags`).
     """
-    flags = list(extra)
-    options = cli.parse_beam_flags(flags, own_options)
-    runner = options.runner or "DirectRunner"
-    if (runner.lower() in ("directrunner", "direct")
-            and not any(flag.startswith("--direct_running_mode") for flag in flags)):
-        flags.extend(configs.LOCAL_BEAM_DEFAULTS)
-    return flags
+    cli.parse_beam_flags(list(extra), own_options)
+    return cli.local_beam_flags(extra)
 
 
 def default_config_path(data: str) -> str:
@@ -278,12 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = time.perf_counter()
     try:
         args.beam_args = beam_flags(extra, parser.option_strings())
+        args.user_beam_args = list(extra)  # --compile: the components add the local defaults themselves
     except cli.UsageError as error:
         parser.error(str(error))  # usage + message, exit status 2 (= EXIT_FAILED), before any work
     try:
         config = load_run_config(args)
         if args.compile:
             from pipeline.kubeflow_v2_runner import compile_pipeline
+
+            if args.data == "synthetic":
+                args.data = "coco"   # the embedded data is generated locally; a compiled job reads COCO/MPII
 
             print(f"[pipeline] wrote the Kubeflow / Vertex AI pipeline job to {compile_pipeline(args, config)}")
             return 0
@@ -307,10 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     destination = args.push_destination or os.path.join(runs_dir, configs.SERVING_SUBDIR)
     fingerprint = str(data_info.get("content_hash") or "") or input_fingerprint(inputs, run_id)
     pipeline = pipeline_definition.create_pipeline(
-        pipeline_name=configs.PIPELINE_NAME, pipeline_root=os.path.join(runs_dir, TFX_ROOT_SUBDIR), config=config,
+        pipeline_name=configs.PIPELINE_NAME, pipeline_root=_root(args.pipeline_root) if args.pipeline_root
+        else os.path.join(runs_dir, TFX_ROOT_SUBDIR), config=config,
         push_destination=destination if "://" in destination else os.path.abspath(destination),
         input_fingerprint=fingerprint, beam_pipeline_args=args.beam_args, max_steps=args.max_steps,
-        run_id=run_id, metadata_path=metadata_path, enable_cache=not args.no_cache, **inputs)
+        run_id=run_id, metadata_path=metadata_path, enable_cache=not args.no_cache,
+        data_validation=args.data_validation, **inputs)
     print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path}", flush=True)
     error_message = None
     try:

@@ -9,12 +9,18 @@ names that file.
 - Trainer: TFX's standard ``Trainer`` with ``run_fn=trainer.task.run_fn`` and the
   loaded YAML config as ``custom_config={"config": ...}``; output ``Model``
   with ``Format-Serving``.
+- Data gate (optional, ``data_validation=True``): TFX's ``StatisticsGen`` ->
+  :class:`components.tfx_components.PoseDataValidator` (schema + drift against the
+  previous run's statistics, resolved from ML Metadata) -> ``ExampleAnomalies``,
+  which the Evaluator reads.
 - Baseline: a ``Resolver`` with ``LatestBlessedModelStrategy``: the latest
   blessed model is found through ML Metadata.
 - Evaluator: :class:`components.tfx_components.PoseEvaluator` (our Beam + TFMA
   core), a standard ``ModelEvaluation`` and ``ModelBlessing``.
 - Pusher: TFX's standard ``Pusher`` to a filesystem destination (local or
-  ``gs://``); it pushes nothing when the blessing says not blessed.
+  ``gs://``); it pushes nothing when the blessing says not blessed. Its copy is
+  :class:`components.tfx_components.PosePusherExecutor` (staged, committed
+  versions, see :mod:`components.pusher`).
 """
 from __future__ import annotations
 
@@ -23,10 +29,15 @@ from typing import Any, Mapping, Sequence
 
 from tfx import v1 as tfx
 
-from components.tfx_components import PoseEvaluator, PoseExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.orchestration.data_types import RuntimeParameter
+
+from components.tfx_components import (PoseDataValidator, PoseEvaluator, PoseExampleGen, PosePusherExecutor,
+                                      PreviousArtifactStrategy)
 
 TRAINER_RUN_FN = "trainer.task.run_fn"
 RESOLVER_ID = "latest_blessed_model_resolver"
+PREVIOUS_STATISTICS_RESOLVER_ID = "previous_statistics_resolver"
 METADATA_FILE = "metadata.sqlite"
 
 
@@ -84,6 +95,8 @@ def create_pipeline(
     trainer_accelerator_count: int = 0,
     trainer_cpu_limit: str = "",
     trainer_memory_limit: str = "",
+    data_validation: bool = False,
+    previous_statistics_strategy: type | None = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline.
 
@@ -106,6 +119,13 @@ def create_pipeline(
         trainer_accelerator_type, trainer_accelerator_count, trainer_cpu_limit, trainer_memory_limit:
             resources of the Trainer on Kubeflow / Vertex AI (e.g. ``NVIDIA_TESLA_A100``, 4, ``"8"``,
             ``"64G"``); "" / 0 = the cluster's default. Ignored by LocalDagRunner.
+        data_validation: add the data gate (:mod:`components.data_validation`): TFX's
+            ``StatisticsGen`` on the records' scalar features, a ``Resolver`` for the
+            previous run's statistics and :class:`PoseDataValidator`; the Evaluator
+            refuses to bless when it reports anomalies.
+        previous_statistics_strategy: the data gate's resolver strategy (default
+            :class:`components.tfx_components.PreviousArtifactStrategy`; the Kubeflow V2
+            compiler takes only TFX's ``LatestArtifactStrategy``).
 
     Raises:
         ValueError: an empty required argument or a negative ``max_steps``.
@@ -139,17 +159,36 @@ def create_pipeline(
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(RESOLVER_ID)
+    data_gate = []
+    anomalies = None
+    if data_validation:
+        from components import data_validation as data_gate_lib
+
+        previous_statistics = tfx.dsl.Resolver(
+            strategy_class=previous_statistics_strategy or PreviousArtifactStrategy,
+            statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+        ).with_id(PREVIOUS_STATISTICS_RESOLVER_ID)
+        statistics_gen = tfx.components.StatisticsGen(
+            examples=example_gen.outputs["examples"], stats_options=data_gate_lib.stats_options())
+        statistics_gen.add_upstream_node(previous_statistics)  # resolve the previous run's before this run's exist
+        validator = PoseDataValidator(statistics=statistics_gen.outputs["statistics"],
+                                      previous_statistics=previous_statistics.outputs["statistics"])
+        data_gate = [previous_statistics, statistics_gen, validator]
+        anomalies = validator.outputs["anomalies"]
     evaluator = PoseEvaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=resolver.outputs["model"], config=config, gt_annotations=gt_annotations)
+        baseline_model=resolver.outputs["model"], config=config, gt_annotations=gt_annotations,
+        anomalies=anomalies)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=push_destination)))
+        push_destination=(push_destination if isinstance(push_destination, RuntimeParameter) else
+                          tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+                              base_directory=push_destination))),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(PosePusherExecutor))
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, trainer, resolver, evaluator, pusher],
+        components=[example_gen, *data_gate, trainer, resolver, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_config(metadata_path) if metadata_path else None,
         beam_pipeline_args=[str(flag) for flag in beam_pipeline_args])

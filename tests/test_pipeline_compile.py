@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline import configs, local_runner
+from pipeline import cli, configs, local_runner
 from pipeline.pipeline import create_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +15,8 @@ DATAFLOW_FLAGS = ["--runner=DataflowRunner", "--project=my-project", "--region=e
 
 
 def compile_job(path, *flags):
+    if "--pipeline-root" not in flags:
+        flags = (*flags, "--pipeline-root", "gs://my-bucket/tfx")
     assert local_runner.main(["--compile", str(path), *flags]) == 0
     job = json.loads(open(path).read())
     return job, json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
@@ -48,6 +50,44 @@ def test_compile_has_every_component_the_blessing_dependency_and_the_config(tmp_
     assert not any(arg.startswith("--direct_running_mode") for arg in example_gen["args"])
 
 
+def test_data_and_push_destination_are_pipeline_parameters(tmp_path, capsys):
+    from pipeline import kubeflow_v2_runner
+
+    job, spec = compile_job(tmp_path / "p.json", "--data", "coco", "--coco-root", "gs://data-bucket/coco/",
+                            "--det-file", "gs://data-bucket/coco/dets.json",
+                            "--pipeline-root", "gs://my-bucket/tfx", "--data-validation")
+    assert {"StatisticsGen", "PoseDataValidator"} <= set(spec.root.dag.tasks)
+    assert "anomalies" in spec.root.dag.tasks["PoseEvaluator"].inputs.artifacts
+    assert set(spec.root.input_definitions.parameters) == set(kubeflow_v2_runner.PARAMETERS)
+    tasks = spec.root.dag.tasks
+    example_gen = tasks["PoseExampleGen"].inputs.parameters
+    assert example_gen["train_annotations"].component_input_parameter == "train_annotations"
+    assert example_gen["input_fingerprint"].component_input_parameter == "data_version"
+    assert tasks["PoseEvaluator"].inputs.parameters["gt_annotations"].component_input_parameter == "gt_annotations"
+    assert tasks["Pusher"].inputs.parameters["push_destination"].component_input_parameter == "push_destination"
+    values = {name: value["stringValue"] for name, value in job["runtimeConfig"]["parameters"].items()}
+    assert values["train_annotations"] == "gs://data-bucket/coco/annotations/person_keypoints_train2017.json"
+    assert values["eval_images"] == "gs://data-bucket/coco/images/val2017"
+    assert values["det_file"] == "gs://data-bucket/coco/dets.json"
+    assert json.loads(values["push_destination"]) == {"filesystem": {"base_directory": "gs://my-bucket/tfx/serving/darkpose"}}
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://my-bucket/tfx"
+    assert "YOUR_BUCKET" not in json.dumps(job)
+    # No data root: the data parameters are left to the submission, and the command says so.
+    job, _ = compile_job(tmp_path / "q.json", "--push-destination", "gs://serve/darkpose")
+    assert set(job["runtimeConfig"]["parameters"]) == {"push_destination", "data_version"}
+    assert "parameters to give when submitting the job: train_annotations" in capsys.readouterr().out
+    # The Pusher is TFX's component with our committed-push executor.
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    pusher = next(executor["container"] for name, executor in executors.items() if "Pusher" in name)
+    assert any("PosePusherExecutor" in arg for arg in pusher["args"])
+
+
+def test_compile_needs_a_pipeline_root(tmp_path, capsys):
+    assert local_runner.main(["--compile", str(tmp_path / "p.json")]) == configs.EXIT_FAILED
+    assert "--compile needs --pipeline-root" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "p.json")
+
+
 def test_trainer_resources_in_spec(tmp_path):
     job, _ = compile_job(tmp_path / "gpu.json", "--trainer-accelerator", "NVIDIA_TESLA_A100",
                          "--trainer-accelerator-count", "4", "--trainer-memory", "64G", "--trainer-cpu", "8")
@@ -73,15 +113,32 @@ def test_create_pipeline_validates_arguments():
 
 
 def test_beam_flags_pass_through_unchanged():
+    skip_prism = cli.SKIP_PRISM_FLAG
     flags = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-    assert local_runner.beam_flags(flags) == flags
+    assert local_runner.beam_flags(flags) == flags + [skip_prism]
     assert local_runner.beam_flags(["--runner=DirectRunner"]) == [
-        "--runner=DirectRunner", "--direct_running_mode=in_memory"]
+        "--runner=DirectRunner", "--direct_running_mode=in_memory", skip_prism]
     assert local_runner.beam_flags(DATAFLOW_FLAGS) == DATAFLOW_FLAGS
+    assert local_runner.beam_flags(["--runner", "PrismRunner"]) == ["--runner", "PrismRunner"]
     assert local_runner.beam_flags(["--project", "my-project"]) == [
-        "--project", "my-project", "--direct_running_mode=in_memory"]
+        "--project", "my-project", "--direct_running_mode=in_memory", skip_prism]
     with pytest.raises(ValueError, match="unexpected argument"):
         local_runner.beam_flags(["stray"])
+
+
+def test_local_defaults_run_beam_without_the_prism_attempt(caplog):
+    """The DirectRunner with our local flags goes straight to the FnApiRunner: no sdist, no Prism download."""
+    import logging
+
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    caplog.set_level(logging.INFO)
+    flags = cli.local_beam_flags(["--runner=DirectRunner", f"--setup_file={os.path.join(ROOT, 'setup.py')}"])
+    with beam.Pipeline(argv=flags) as pipeline:
+        assert_that(pipeline | beam.Create([1, 2]) | beam.Map(lambda x: 2 * x), equal_to([2, 4]))
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "PrismRunner" not in messages and "sdist" not in messages
 
 
 def test_gate_flags_and_config_checks():

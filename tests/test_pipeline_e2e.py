@@ -34,6 +34,7 @@ train: {batch_size: 2, epochs: 1, max_steps: 1}
 eval: {batch_size: 2}
 """
 TINY = ("--small-run", "--config", DEMO_CONFIG, "--synthetic-train-images", "10", "--synthetic-val-images", "3")
+GATED = (*TINY, "--data-validation")
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +69,13 @@ def mlmd_record(runs):
 
 @pytest.fixture(scope="module")
 def first_run(workspace):
-    code, output = run_pipeline(workspace, *TINY, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3")
+    code, output = run_pipeline(workspace, *GATED, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3")
     return code, output, mlmd_record(workspace[0])
 
 
 @pytest.fixture(scope="module")
 def second_run(workspace, first_run):
-    code, output = run_pipeline(workspace, *TINY, "--run-id", "second", "--threshold", "AP=0",
+    code, output = run_pipeline(workspace, *GATED, "--run-id", "second", "--threshold", "AP=0",
                                 "--max-drop", "AP=1", "--max-steps", "2")
     return code, output, mlmd_record(workspace[0])
 
@@ -84,7 +85,8 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     code, output, record = first_run
     assert code == 0, output[-4000:]
     nodes = record["nodes"]
-    assert set(nodes) == {"PoseExampleGen", "Trainer", "latest_blessed_model_resolver", "PoseEvaluator", "Pusher"}
+    assert set(nodes) == {"PoseExampleGen", "Trainer", "latest_blessed_model_resolver", "PoseEvaluator", "Pusher",
+                          "previous_statistics_resolver", "StatisticsGen", "PoseDataValidator"}
     assert {node: entry["state"] for node, entry in nodes.items()} == {node: "COMPLETE" for node in nodes}
     examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
     assert json.loads(examples["properties"]["split_names"]) == ["train", "eval"]
@@ -106,6 +108,11 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     evaluation = nodes["PoseEvaluator"]["outputs"]["evaluation"][0]
     assert os.path.exists(os.path.join(evaluation["uri"], "metrics.json"))
     assert nodes["Pusher"]["inputs"]["model"][0]["id"] == model["id"]
+    # The data gate (first run: no previous statistics, domain checks only) passed its anomalies on.
+    anomalies = nodes["PoseDataValidator"]["outputs"]["anomalies"][0]
+    assert nodes["PoseEvaluator"]["inputs"]["anomalies"][0]["id"] == anomalies["id"]
+    assert "previous_statistics" not in nodes["PoseDataValidator"]["inputs"]
+    assert nodes["StatisticsGen"]["inputs"]["examples"][0]["id"] == examples["id"]
     pushed = nodes["Pusher"]["outputs"]["pushed_model"][0]
     assert pushed["properties"]["pushed"] == 1
     # The run summary and its index.
@@ -114,7 +121,17 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     assert index["baseline"] is None
     assert os.path.dirname(index["pushed_path"].rstrip("/")) == os.path.join(runs, "serving")
     assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
-    # pipeline.gate --baseline auto (CI, outside TFX) finds the model TFX's Pusher pushed.
+    # TFX's Pusher component with our executor: a committed version named by Unix time, its record.
+    from components import pusher as pusher_core
+
+    version = os.path.basename(index["pushed_path"].rstrip("/"))
+    assert int(version) >= pusher_core.TFX_VERSION_MIN and pushed["properties"]["pushed_version"] == version
+    assert os.path.exists(os.path.join(index["pushed_path"], pusher_core.COMMIT_MARKER))
+    push_record = pusher_core.read_push_record(os.path.join(runs, "serving"), int(version))
+    assert push_record["model_artifact_id"] == model["id"] and push_record["blessed"] is True
+    assert push_record["metrics"]["AP"] == pytest.approx(index["metrics"]["AP"])
+    assert not [name for name in os.listdir(os.path.join(runs, "serving")) if name.startswith(".staging")]
+    # pipeline.gate --baseline auto (CI, outside TFX) finds the model the pipeline pushed.
     from components import evaluator as evaluator_core
 
     assert evaluator_core.resolve_baseline(os.path.join(runs, "serving")) == index["pushed_path"].rstrip("/")
@@ -124,6 +141,7 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     assert index["lineage"]["model"]["id"] == model["id"]
     assert index["lineage"]["examples"]["id"] == examples["id"]
     assert "AP" in index["metrics"]
+    assert index["data_gate"]["passed"] is True and "data gate: passed" in output
 
 
 def test_second_run_reuses_examples_and_gates_against_the_first_model(workspace, first_run, second_run):
@@ -147,7 +165,34 @@ def test_second_run_reuses_examples_and_gates_against_the_first_model(workspace,
     assert blessing["properties"]["baseline_model_id"] == first_model["id"]
     with open(os.path.join(blessing["uri"], "blessing.json")) as handle:
         assert json.load(handle)["change_thresholds_applied"] is True
-    assert read_index(runs, "second")["baseline"]["model_id"] == first_model["id"]
+    second_index = read_index(runs, "second")
+    assert second_index["baseline"]["model_id"] == first_model["id"]
+    # The summary shows the baseline's metrics (from its blessing in MLMD) beside the new model's.
+    first_index = read_index(runs, "first")
+    assert second_index["baseline"]["metrics"]["AP"] == pytest.approx(first_index["metrics"]["AP"])
+    assert "baseline" in output and "change" in output
+
+
+def test_data_gate_refuses_a_model_on_drifted_data(workspace, second_run):
+    """Ground-truth boxes instead of detector boxes in the eval split: bbox/score drifts, nothing is blessed."""
+    runs, _ = workspace
+    before = sorted(os.listdir(os.path.join(runs, "serving")))
+    code, output = run_pipeline(workspace, *GATED, "--gt-boxes", "--run-id", "drift", "--threshold", "AP=0",
+                                "--max-drop", "AP=1", "--max-steps", "1")
+    assert code == 1, output[-4000:]
+    nodes = mlmd_record(runs)["nodes"]
+    first_statistics = second_run[2]["nodes"]["StatisticsGen"]["outputs"]["statistics"][0]
+    assert nodes["PoseDataValidator"]["inputs"]["previous_statistics"][0]["id"] == first_statistics["id"]
+    blessing = nodes["PoseEvaluator"]["outputs"]["blessing"][0]
+    with open(os.path.join(blessing["uri"], "blessing.json")) as handle:
+        record = json.load(handle)
+    assert record["blessed"] is False and list(record["data_anomalies"]) == ["eval"]
+    assert any(reason.startswith("data gate: split eval: bbox/score:") for reason in record["reasons"])
+    assert nodes["Pusher"]["outputs"]["pushed_model"][0]["properties"]["pushed"] == 0
+    assert sorted(os.listdir(os.path.join(runs, "serving"))) == before
+    index = read_index(runs, "drift")
+    assert index["verdict"] == "NOT_BLESSED" and index["data_gate"]["passed"] is False
+    assert "data gate: anomalies in split(s) eval" in output
 
 
 def _coco_layout(shared_data, root):
