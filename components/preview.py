@@ -59,6 +59,7 @@ def render_tile(record: Dict[str, list]) -> np.ndarray:
     """One record -> RGB uint8 tile (H_in, W_in, 3) with heatmap overlay, skeleton and keypoints."""
     import cv2
 
+    from pose import draw
     from schemas import features
     from schemas.keypoints import get_schema
 
@@ -77,11 +78,8 @@ def render_tile(record: Dict[str, list]) -> np.ndarray:
     schema = get_schema(dataset) if dataset in ("coco", "mpii") else None
     # cv2 draws at fixed-point sub-pixel positions (shift=4) so the dots sit on the real coordinates.
     fixed = np.round(points * 16).astype(np.int32)
-    if schema is not None:
-        for first, second in schema.skeleton:
-            if visibility[first] > 0 and visibility[second] > 0:
-                cv2.line(tile, tuple(map(int, fixed[first])), tuple(map(int, fixed[second])), (255, 255, 255),
-                         1, cv2.LINE_AA, shift=4)
+    if schema is not None:  # limbs between labelled joints (pose.draw owns skeleton drawing)
+        draw.draw_limbs(tile, points[None], (visibility > 0)[None], schema.skeleton, (255, 255, 255), 1)
     for joint in np.flatnonzero(visibility > 0):
         colour = (0, 255, 0) if visibility[joint] == 2 else (0, 255, 255)
         cv2.circle(tile, tuple(map(int, fixed[joint])), 3 * 16, colour, -1 if weight[joint] > 0 else 1,

@@ -6,12 +6,14 @@ own crops (the model input), so no source image is needed: predicted joints
 (image pixels) are mapped into the crop with the record's crop affine
 (:func:`pose.coordinates.crop_affine`); the skeleton is the schema's.
 Predicted limbs are drawn in colour, ground-truth joints as small white
-rings, joints scored below 0.2 are left out.
+rings, joints scored below 0.2 are left out. For a candidate with attention
+heads (its ``heatmaps`` signature has an ``attention`` output), the same crops
+with the attention map blended over them go to ``overlays/attention/*.png``.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -19,6 +21,7 @@ import tensorflow as tf
 from pose import coordinates
 from pose.images import decode_image_tf
 from schemas import features as record_features
+from schemas import serving
 from schemas.keypoints import KeypointSchema, get_schema
 
 _SCORE_THRESHOLD = 0.2
@@ -75,24 +78,18 @@ def draw_skeleton(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, 
     return canvas
 
 
-def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[str, Any]], dataset: str,
-                   count: int) -> List[str]:
-    """Draws the predictions of the first ``count`` eval records on their crops; returns PNG paths."""
-    import cv2
-
-    if count <= 0:
-        return []
+def _overlay_people(pattern: str, persons: Sequence[Mapping[str, Any]], dataset: str,
+                    count: int) -> Iterator[Tuple[Dict[str, Any], Mapping[str, Any], Tuple[int, int, float, float]]]:
+    """The first ``count`` eval records that have a prediction: ``(parsed record, person, key)``, in file order."""
     schema = get_schema(dataset)
     lookup = {(int(p["image_id"]), int(p["annotation_id"]), round(float(p["center"][0]), 2),
                round(float(p["center"][1]), 2)): p for p in persons}
-    directory = os.path.join(evaluation_dir, "overlays")
-    tf.io.gfile.makedirs(directory)
-    for stale in tf.io.gfile.glob(os.path.join(directory, "*.png")):
-        tf.io.gfile.remove(stale)
-    written: List[str] = []
     files = sorted(f for f in tf.io.gfile.glob(pattern) if not os.path.basename(f).startswith("."))
     compression = "GZIP" if files and files[0].endswith(".gz") else ""
+    found = 0
     for serialized in tf.data.TFRecordDataset(files, compression_type=compression).take(count * 4):
+        if found >= count:
+            return
         try:
             record = {key: value.numpy()[0] for key, value in
                       record_features.parse_records(serialized[None], schema.num_joints).items()}
@@ -104,28 +101,111 @@ def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[
         person = lookup.get(key)
         if person is None:
             continue
+        found += 1
+        yield record, person, key
+
+
+def _write_png(path: str, image: np.ndarray) -> None:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode overlay {path}")
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(encoded.tobytes())
+
+
+def _fresh_directory(directory: str) -> None:
+    tf.io.gfile.makedirs(directory)
+    for stale in tf.io.gfile.glob(os.path.join(directory, "*.png")):
+        tf.io.gfile.remove(stale)
+
+
+def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[str, Any]], dataset: str,
+                   count: int) -> List[str]:
+    """Draws the predictions of the first ``count`` eval records on their crops; returns PNG paths."""
+    if count <= 0:
+        return []
+    directory = os.path.join(evaluation_dir, "overlays")
+    _fresh_directory(directory)
+    schema = get_schema(dataset)
+    written: List[str] = []
+    for record, person, key in _overlay_people(pattern, persons, dataset, count):
         image = decode_image_tf(record["image/encoded"]).numpy()
         input_size = (int(record["crop/height"]), int(record["crop/width"]))
-        matrix = coordinates.crop_affine(center, record["bbox/scale"], input_size)
+        matrix = coordinates.crop_affine(record["bbox/center"], record["bbox/scale"], input_size)
         prediction = np.asarray(person["prediction"], np.float64).reshape(-1, 3)
         crop_points = coordinates.apply_affine(prediction[:, :2], matrix)
         gt_points = coordinates.apply_affine(np.asarray(person["gt_keypoints"], np.float64).reshape(-1, 2), matrix)
         canvas = draw_skeleton(image, crop_points, prediction[:, 2], schema, gt_points,
                                np.asarray(person["visibility"]))
         path = os.path.join(directory, f"{len(written):02d}_img{key[0]}_ann{key[1]}.png")
-        ok, encoded = cv2.imencode(".png", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"could not encode overlay {path}")
-        with tf.io.gfile.GFile(path, "wb") as handle:
-            handle.write(encoded.tobytes())
+        _write_png(path, canvas)
         written.append(path)
-        if len(written) >= count:
-            break
+    return written
+
+
+def saved_model_attention_channels(model_path: str) -> int:
+    """Channels A of the ``attention`` output of a SavedModel's ``heatmaps`` signature, 0 if it has none.
+
+    Reads ``saved_model.pb`` only (no variables are restored), so it is cheap for every model.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(model_path, "saved_model.pb")
+    if not tf.io.gfile.exists(path):
+        return 0
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    for meta_graph in saved_model.meta_graphs:
+        signature = meta_graph.signature_def.get(serving.HEATMAPS)
+        if signature is not None and serving.OUTPUT_ATTENTION in signature.outputs:
+            dims = signature.outputs[serving.OUTPUT_ATTENTION].tensor_shape.dim
+            return int(dims[-1].size) if dims else 1
+    return 0
+
+
+def write_attention_overlays(evaluation_dir: str, model_path: str, pattern: str,
+                             persons: Sequence[Mapping[str, Any]], dataset: str, count: int) -> List[str]:
+    """Person crops with the model's attention map blended over them (models with attention heads).
+
+    The crops are the same first ``count`` eval records as :func:`write_overlays`;
+    the maps come from the SavedModel's ``heatmaps`` signature (``attention``
+    output, :mod:`schemas.serving`), resized to the crop and coloured
+    (:func:`pose.overlay.blend_maps`; part-wise maps: their maximum over
+    joints), enlarged like the skeleton overlays. Writes
+    ``<evaluation_dir>/overlays/attention/*.png``; returns the paths (none for
+    a model without attention).
+    """
+    import cv2
+
+    from pose.overlay import blend_maps
+
+    directory = os.path.join(evaluation_dir, "overlays", "attention")
+    if tf.io.gfile.exists(directory):      # a re-run must not show an earlier model's maps
+        _fresh_directory(directory)
+    if count <= 0 or not saved_model_attention_channels(model_path):
+        return []
+    _fresh_directory(directory)
+    people = list(_overlay_people(pattern, persons, dataset, count))
+    if not people:
+        return []
+    crops = np.stack([decode_image_tf(record["image/encoded"]).numpy() for record, _, _ in people])
+    signature = tf.saved_model.load(model_path).signatures[serving.HEATMAPS]
+    attention = signature(**{serving.INPUT_IMAGES: tf.constant(crops, tf.float32)})[serving.OUTPUT_ATTENTION]
+    blended = blend_maps(crops, attention.numpy())
+    upscale = max(1, int(np.ceil(256 / crops.shape[1])))   # as draw_skeleton enlarges the crops
+    written: List[str] = []
+    for index, ((_, _, key), image) in enumerate(zip(people, blended)):
+        path = os.path.join(directory, f"{index:02d}_img{key[0]}_ann{key[1]}.png")
+        _write_png(path, cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_LINEAR))
+        written.append(path)
     return written
 
 
 def render_markdown(blessing: Mapping[str, Any], per_keypoint: Mapping[str, Mapping[str, Any]],
-                    overlays: Sequence[str], evaluation_dir: str) -> str:
+                    overlays: Sequence[str], evaluation_dir: str, attention_overlays: Sequence[str] = ()) -> str:
     """The report text."""
     dataset = blessing["dataset"]
     lines = [f"# Evaluation report ({dataset})", "",
@@ -163,15 +243,26 @@ def render_markdown(blessing: Mapping[str, Any], per_keypoint: Mapping[str, Mapp
     if overlays:
         lines += ["## Overlays", "", "Predicted skeletons on eval crops (white rings: ground truth).", ""]
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, evaluation_dir)})" for p in overlays] + [""]
+    if attention_overlays:
+        lines += ["## Attention maps", "", "The model's attention maps blended over the same crops (jet colours: "
+                  "blue 0, red 1; part-wise models: the maximum over joints).", ""]
+        lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, evaluation_dir)})" for p in attention_overlays]
+        lines += [""]
     return "\n".join(lines)
 
 
 def write_report(evaluation_dir: str, blessing: Mapping[str, Any], per_keypoint: Mapping[str, Any],
                  pattern: str, persons: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
                  num_overlays: int = 6) -> Dict[str, Any]:
-    """Writes ``report.md`` and the overlays; returns ``{"markdown": path, "overlays": [paths]}``."""
+    """Writes ``report.md`` and the overlays; returns ``{"markdown": path, "overlays": [paths],
+    "attention_overlays": [paths]}`` (the latter for candidates with attention heads, from
+    ``blessing["candidate"]``'s SavedModel)."""
     overlays = write_overlays(evaluation_dir, pattern, persons, config["dataset"], num_overlays)
+    attention_overlays = []
+    if blessing.get("candidate"):
+        attention_overlays = write_attention_overlays(evaluation_dir, blessing["candidate"], pattern, persons,
+                                                      config["dataset"], num_overlays)
     path = os.path.join(evaluation_dir, "report.md")
     with tf.io.gfile.GFile(path, "w") as handle:
-        handle.write(render_markdown(blessing, per_keypoint, overlays, evaluation_dir))
-    return {"markdown": path, "overlays": overlays}
+        handle.write(render_markdown(blessing, per_keypoint, overlays, evaluation_dir, attention_overlays))
+    return {"markdown": path, "overlays": overlays, "attention_overlays": attention_overlays}

@@ -18,6 +18,10 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 
+# Keys every builder takes: ``pretrained`` is read by trainer.pretrained (weights), not by the builders.
+COMMON_MODEL_KEYS = {"pretrained": None}
+
+
 def merge_options(config: Mapping[str, Any], defaults: Mapping[str, Any], model_name: str) -> Dict[str, Any]:
     """``config["model"]`` merged over a builder's ``defaults``; checks the keys and ``sync_batchnorm``.
 
@@ -25,6 +29,7 @@ def merge_options(config: Mapping[str, Any], defaults: Mapping[str, Any], model_
         ValueError: a key the builder does not know, or a non-boolean ``sync_batchnorm``.
     """
     model_config = dict(config["model"])
+    defaults = {**COMMON_MODEL_KEYS, **defaults}
     unknown = sorted(set(model_config) - set(defaults))
     if unknown:
         raise ValueError(f"unknown model keys {unknown} for {model_name}; expected a subset of {sorted(defaults)}")

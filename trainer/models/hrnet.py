@@ -20,9 +20,16 @@ DarkPose README lists them (28.5M, 63.6M). Multiply-adds at 128x96: 1.911e9 (W32
 3.65 and 7.12 "GFLOPs" against the published 1.8, 3.6 and 7.1 (see :mod:`trainer.flops`).
 
 Input sizes whose branch resolutions are not exact multiples (e.g. a 64x48
-crop gives a 2x2 lowest branch from a 4x3 one) still work: stride-2 convs use
-"same" padding (ceil) and upsampled tensors are cropped to the static shape of
-the branch they join, so nothing is hard-coded to one input size.
+crop gives a 2x2 lowest branch from a 4x3 one) still work: stride-2 convs pad
+one zero on each side as the published code does (``n -> ceil(n / 2)``) and
+upsampled tensors are cropped to the static shape of the branch they join, so
+nothing is hard-coded to one input size (the published code needs sizes where
+the branches halve exactly; there both agree).
+
+The layers match the published ``pose_hrnet`` one to one (its padding, no conv
+biases except the head's, BN eps 1e-5, nearest upsampling after the fuse
+``1x1`` conv + BN), so its checkpoints import exactly: see
+:mod:`trainer.import_weights` (name table ``HRNET_RULES``).
 
 Keras 3 layers only; every layer has a stable name
 (``stage3_module2_branch1_block4_conv1``, ``stage3_module2_fuse0_from2_conv``...).
@@ -92,8 +99,17 @@ def _kernel_initializer():
 
 
 def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchronized: bool, relu: bool = True):
-    """Conv ("same" padding, no bias) + BN (+ ReLU). (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), filters)."""
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+    """Conv (no bias) + BN (+ ReLU). (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), filters).
+
+    Padding is PyTorch's symmetric ``kernel_size // 2`` zeros, as the published
+    code (``nn.Conv2d(..., padding=1)``): for a stride-2 ``3x3`` conv Keras'
+    "same" would pad (0, 1) on even sizes and sample the input one pixel off.
+    """
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        x = layers.ZeroPadding2D(kernel_size // 2, name=name + "_pad")(x)
+        padding = "valid"
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                       kernel_initializer=_kernel_initializer(), name=name + "_conv")(x)
     x = batch_norm(name + "_bn", synchronized)(x)
     if relu:
@@ -129,7 +145,7 @@ def upsample_to(x, reference, factor: int, name: str):
     """Nearest upsampling by ``factor``, cropped to ``reference``'s static (H, W).
 
     (B, h, w, C) -> (B, H_ref, W_ref, C). Needed only when a branch was rounded
-    up by a "same" stride-2 conv (odd sizes); otherwise the crop is skipped.
+    up by a stride-2 conv (odd sizes); otherwise the crop is skipped.
 
     Raises:
         ValueError: the upsampled tensor is smaller than ``reference``.
