@@ -19,7 +19,7 @@ $(STAMP): setup.py requirements.lock tools/glibc_shim.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@sh tools/glibc_shim.sh $(PYTHON) $(VENV) $(SHIM)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test]"
+	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test,torch]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +37,8 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/evaluator.py
 	$(PY) bench/models.py
+	$(PY) bench/bottom_up.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) $(SHIM) build *.egg-info .pytest_cache

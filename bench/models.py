@@ -3,8 +3,8 @@
 Run:  .venv/bin/python bench/models.py                       (every config in configs/coco and configs/mpii)
       .venv/bin/python bench/models.py --configs configs/coco/w32_128x96.yaml --runs 5
 
-For every experiment config whose ``model.name`` is hrnet, hourglass or
-simplebaseline it builds the model and prints, in one table from one run:
+For every experiment config whose ``model.name`` is hrnet, hourglass,
+simplebaseline or bottom_up it builds the model and prints, in one table from one run:
 
   * trainable parameters (M) next to the published figure and their ratio;
   * multiply-adds of conv/dense layers (:mod:`trainer.flops`) in units of
@@ -19,6 +19,23 @@ Published figures: the DarkPose README (COCO 128x96 rows, HRNet 256x192 and
 SimpleBaseline at 256x192 / 384x288). The last line is JSON
 ``{config name: {"params_m": ..., "gflops": ..., "ms_per_image": ...}}`` where
 ``gflops`` is multiply-adds / 1e9 (plus ``gflops_1024`` in the tables' unit).
+
+Issue 15's variants have no published size of their own; under their row the
+table prints the model they are compared with, built here at the same input,
+and the ratios (also ``reference`` in the JSON):
+
+* soft-gated hourglass (``model.gated_skip``; Bulat et al., FG 2020): the
+  original 8-stack HourGlass, 256 features. The paper's claim (abstract): about
+  3x fewer parameters and FLOPs than it at the same accuracy (MPII/LSP). The
+  paper's table values could not be read in this project's sources, so the
+  bench states ratios, not published numbers;
+* bottom-up models (``configs/bottom_up``, issue 16; PersonLab/StrongPose
+  publish no size): the same network at the other output stride (8 <-> 16),
+  i.e. what the atrous (dilated) stages cost; the trunk's parameters are
+  torchvision's (ResNet-101 42.50M, ResNet-152 58.14M without the classifier);
+* SimpleBaseline with attention heads (``model.attention``; after Chu et al.,
+  CVPR 2017, who attend hourglasses, not ResNets): the same SimpleBaseline
+  without attention (R50 at 256x192: published 34.0M / 8.9 GFLOPs).
 """
 from __future__ import annotations
 
@@ -42,7 +59,7 @@ from pose.config import load_config  # noqa: E402
 from trainer import flops  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 
-MODEL_NAMES = ("hrnet", "hourglass", "simplebaseline")
+MODEL_NAMES = ("hrnet", "hourglass", "simplebaseline", "bottom_up")
 BATCH_SIZE = 8
 
 # (architecture, input height, input width) -> (published params M, published GFLOPs)
@@ -82,6 +99,21 @@ def architecture(config) -> str | None:
     return None
 
 
+def reference_model(config):
+    """``(label, model config)`` that an issue-15 variant is compared with, or None for other configs."""
+    model = config["model"]
+    if model["name"] == "hourglass" and model.get("gated_skip"):
+        return ("hourglass-8 (Newell, 256 features): Bulat et al. claim ~3x fewer params/FLOPs",
+                {"name": "hourglass", "num_stacks": 8})
+    if model["name"] == "bottom_up":
+        other = 16 if model.get("output_stride", 8) == 8 else 8
+        return (f"the same network at output stride {other} (dilation cost)", dict(model, output_stride=other))
+    if model["name"] == "simplebaseline" and model.get("attention"):
+        return ("the same SimpleBaseline without attention",
+                {key: value for key, value in model.items() if key != "attention"})
+    return None
+
+
 def forward_ms_per_image(model, input_size, runs: int) -> float:
     """Median forward time per image, ms, at batch :data:`BATCH_SIZE` (inference mode, tf.function)."""
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH_SIZE, *input_size, 3)), tf.float32)
@@ -98,18 +130,19 @@ def forward_ms_per_image(model, input_size, runs: int) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="*", default=None,
-                        help="config files (default: configs/coco/*.yaml and configs/mpii/*.yaml)")
+                        help="config files (default: configs/coco, configs/mpii and configs/bottom_up *.yaml)")
     parser.add_argument("--runs", type=int, default=3, help="timed forward passes per config (median)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         raise ValueError(f"--runs must be >= 1, got {args.runs}")
     paths = args.configs or sorted(glob.glob(os.path.join(ROOT, "configs", "coco", "*.yaml"))
-                                   + glob.glob(os.path.join(ROOT, "configs", "mpii", "*.yaml")))
+                                   + glob.glob(os.path.join(ROOT, "configs", "mpii", "*.yaml"))
+                                   + glob.glob(os.path.join(ROOT, "configs", "bottom_up", "*.yaml")))
 
     print(f"CPU forward at batch {BATCH_SIZE}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at "
           f"start), TF {tf.__version__}, Keras {keras.__version__}; GFLOPs = multiply-adds of conv/dense layers "
           f"(transposed convs counted per output position, as the published tables do)")
-    header = (f"{'config':<26}{'input':>9}{'params M':>10}{'publ.':>7}{'ratio':>7}"
+    header = (f"{'config':<38}{'input':>9}{'params M':>10}{'publ.':>7}{'ratio':>7}"
               f"{'GMACs':>8}{'/1024^3':>9}{'publ.':>7}{'ratio':>7}{'ms/image':>10}")
     print(header)
     print("-" * len(header))
@@ -131,11 +164,22 @@ def main(argv=None) -> None:
                               f"{published[1]:>7.1f}{gflops_1024 / published[1]:>7.3f}")
         else:
             published_text = f"{'-':>7}{'-':>7}{gflops:>8.2f}{gflops_1024:>9.2f}{'-':>7}{'-':>7}"
-        print(f"{config['name']:<26}{input_size[0]:>5}x{input_size[1]:<3}{params_m:>10.2f}{published_text}"
+        print(f"{config['name']:<38}{input_size[0]:>5}x{input_size[1]:<3}{params_m:>10.2f}{published_text}"
               f"{ms_per_image:>10.1f}", flush=True)
         summary[config["name"]] = {"params_m": round(params_m, 3), "gflops": round(gflops, 3),
                                    "ms_per_image": round(ms_per_image, 2), "gflops_1024": round(gflops_1024, 3)}
         del model
+        reference = reference_model(config)
+        if reference:
+            label, model_config = reference
+            keras.backend.clear_session()
+            baseline = build_model({**config, "model": model_config})
+            baseline_params, baseline_gflops = flops.trainable_params(baseline) / 1e6, flops.gflops(baseline)
+            print(f"{'':<4}vs {label}: {baseline_params:.2f}M params, {baseline_gflops:.2f} GMACs -> "
+                  f"x{params_m / baseline_params:.3f} params, x{gflops / baseline_gflops:.3f} GMACs", flush=True)
+            summary[config["name"]]["reference"] = {"label": label, "params_m": round(baseline_params, 3),
+                                                    "gflops": round(baseline_gflops, 3)}
+            del baseline
     print(json.dumps(summary))
 
 

@@ -128,8 +128,14 @@ class InferenceFn(beam.DoFn):
         letter = {"reason": reason, "detail": detail[:500]}
         if parsed is not None:
             letter["image_id"] = int(parsed["image/id"][index])
-            letter["annotation_id"] = int(parsed["annotation/id"][index])
+            if "annotation/id" in parsed:   # person-crop records (bottom-up records have none)
+                letter["annotation_id"] = int(parsed["annotation/id"][index])
         return beam.pvalue.TaggedOutput(self.DEAD_LETTER, jsonio.dumps(letter, nonfinite=jsonio.NONFINITE_STRING))
+
+    def _parse(self, batch: List[bytes]) -> Dict[str, np.ndarray]:
+        """The records' features (raises InvalidArgument/ValueError for a record that does not parse)."""
+        return {key: value.numpy() for key, value in
+                record_features.parse_records(tf.constant(batch), self._num_joints).items()}
 
     def process(self, batch: List[bytes]) -> Iterator[Any]:
         try:
@@ -137,7 +143,7 @@ class InferenceFn(beam.DoFn):
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             if len(batch) == 1:
                 try:  # tell a broken record from a record the model cannot process (e.g. a corrupt JPEG)
-                    record_features.parse_records(tf.constant(batch), self._num_joints)
+                    self._parse(list(batch))
                     reason = "model_error"
                 except (tf.errors.InvalidArgumentError, ValueError):
                     reason = "unparsable_record"
@@ -147,8 +153,7 @@ class InferenceFn(beam.DoFn):
                 yield from self.process([record])
 
     def _process_batch(self, batch: List[bytes]) -> Iterator[Any]:
-        parsed = {key: value.numpy() for key, value in
-                  record_features.parse_records(tf.constant(batch), self._num_joints).items()}
+        parsed = self._parse(batch)
         good = []
         for index in range(len(batch)):
             dataset = parsed["dataset"][index].decode("utf-8", "replace")
@@ -206,10 +211,108 @@ class InferenceFn(beam.DoFn):
                 person, {name: values[position] for name, values in predictions.items()}).SerializeToString()
 
 
+class BottomUpInferenceFn(InferenceFn):
+    """:class:`InferenceFn` for bottom-up models on whole-image records (:mod:`schemas.bottom_up`).
+
+    The models' ``serving_default`` gives up to N people per image (keypoints in
+    original pixels, ``trainer/export_bottom_up.py``); each predicted person becomes
+    one joined example in the same format as the top-down persons, so TFMA, the
+    direct COCO computation, thresholds and the report are shared: no ground
+    truth per person (``annotation_id`` -1, scored against the ground-truth
+    annotation file like detector boxes), ``box_score`` 1 (the pose score is the
+    evaluator's rescoring, as for ground-truth boxes: the mean of the joint
+    scores above ``eval.rescore_threshold``; the decoder's own person score is the
+    mean of all joint scores), ``window_area`` the box of the person's joints
+    (OKS-NMS area). With a baseline, row i of an image carries each model's i-th
+    person (best first); a model with fewer people gets an absent row
+    (``box_score`` 0, zero keypoints and scores) which the metrics drop
+    (:func:`components.tfma_metrics.persons_from_joined`).
+
+    Dead letters: ``unparsable_record``, ``model_error``, ``schema_version``,
+    ``wrong_dataset``, ``wrong_approach``, ``non_finite_prediction``.
+    """
+
+    def __init__(self, model_paths: Mapping[str, str], dataset: str, padding: float = 1.25,
+                 gt_valid_path: str | None = None):
+        super().__init__(model_paths, dataset, padding, None)
+
+    def _parse(self, batch: List[bytes]) -> Dict[str, np.ndarray]:
+        from schemas import bottom_up
+
+        spec = {key: value for key, value in bottom_up.feature_spec().items()
+                if key in ("schema/version", "approach", "dataset", "image/id", "image/height", "image/width")}
+        parsed = tf.io.parse_example(tf.constant(batch), spec)
+        return {key: value.numpy() for key, value in parsed.items()}
+
+    def _process_batch(self, batch: List[bytes]) -> Iterator[Any]:
+        from schemas import bottom_up
+
+        parsed = self._parse(batch)
+        good = []
+        for index in range(len(batch)):
+            if int(parsed["schema/version"][index]) != bottom_up.SCHEMA_VERSION:
+                yield self._dead("schema_version", f"record schema {int(parsed['schema/version'][index])}, "
+                                 f"expected {bottom_up.SCHEMA_VERSION}", parsed, index)
+            elif parsed["approach"][index].decode("utf-8", "replace") != bottom_up.APPROACH:
+                yield self._dead("wrong_approach", "not a bottom-up record", parsed, index)
+            elif parsed["dataset"][index].decode("utf-8", "replace") != self._dataset:
+                yield self._dead("wrong_dataset", f"record dataset {parsed['dataset'][index]!r}, "
+                                 f"config {self._dataset!r}", parsed, index)
+            else:
+                good.append(index)
+        if not good:
+            return
+        examples = tf.constant([batch[index] for index in good])
+        people = {}
+        for name, signature in self._signatures.items():
+            outputs = signature(**{serving.INPUT_EXAMPLES: examples})
+            keypoints = outputs[serving.OUTPUT_KEYPOINTS].numpy().astype(np.float64)   # (B, N, K, 3)
+            counts = outputs[serving.OUTPUT_NUM_PEOPLE].numpy().astype(np.int64)        # (B,)
+            if keypoints.ndim != 4 or keypoints.shape[0] != len(good) or keypoints.shape[2:] != (self._num_joints, 3):
+                raise RuntimeError(f"model {name} returned keypoints {keypoints.shape}, expected "
+                                   f"({len(good)}, N, {self._num_joints}, 3)")
+            people[name] = (keypoints, counts)
+        for position, index in enumerate(good):
+            rows = max(int(counts[position]) for _, counts in people.values())
+            predictions = {}
+            for name, (keypoints, counts) in people.items():
+                values = np.zeros((rows, self._num_joints, 3))
+                present = min(int(counts[position]), rows)
+                values[:present] = keypoints[position, :present]
+                predictions[name] = values
+            bad_models = [name for name, values in predictions.items() if not np.all(np.isfinite(values))]
+            if bad_models:
+                yield self._dead("non_finite_prediction", f"models {bad_models}", parsed, index)
+                continue
+            candidate = predictions[tfma_metrics.CANDIDATE]
+            for row in range(rows):
+                joints = candidate[row]
+                present = bool(row < int(people[tfma_metrics.CANDIDATE][1][position]))
+                seen = joints[joints[:, 2] > 0, :2] if present else np.zeros((0, 2))
+                extent = (seen.max(axis=0) - seen.min(axis=0) + 1.0) if len(seen) else np.ones(2)
+                person = {
+                    "image_id": int(parsed["image/id"][index]), "annotation_id": -1,
+                    "image_height": int(parsed["image/height"][index]),
+                    "image_width": int(parsed["image/width"][index]),
+                    "gt_area": 0.0, "box_score": 1.0 if present else 0.0,
+                    "window_area": float(extent[0] * extent[1]),
+                    "center": (seen.mean(axis=0) if len(seen) else np.zeros(2)).astype(np.float32),
+                    "scale": extent.astype(np.float32),
+                    "gt_keypoints": np.zeros(self._num_joints * 2, np.float32),
+                    "visibility": np.zeros(self._num_joints, np.int64), "head_size": 0.0,
+                    "person_size": metrics_coco.person_size(float(extent[0] * extent[1])),
+                }
+                self._persons.inc()
+                yield tfma_metrics.build_joined_example(
+                    person, {name: values[row] for name, values in predictions.items()}).SerializeToString()
+
 def run_inference(pattern: str, model_paths: Mapping[str, str], dataset: str, output_dir: str,
                   batch_size: int, padding: float, gt_valid_path: str | None,
-                  beam_args: Sequence[str]) -> Dict[str, Any]:
+                  beam_args: Sequence[str], approach: str = "top_down") -> Dict[str, Any]:
     """Beam pipeline: records -> joined examples (``output_dir/joined-*.tfrecord``) + dead letters.
+
+    ``approach``: ``top_down`` (person-crop records, :class:`InferenceFn`) or
+    ``bottom_up`` (whole-image records, :class:`BottomUpInferenceFn`).
 
     Returns:
         ``{"joined_pattern", "num_persons", "skipped": {reason: count}}``.
@@ -225,7 +328,9 @@ def run_inference(pattern: str, model_paths: Mapping[str, str], dataset: str, ou
             pipeline
             | "ReadEvalRecords" >> beam.io.ReadFromTFRecord(pattern)
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
-            | "RunModels" >> beam.ParDo(InferenceFn(model_paths, dataset, padding, gt_valid_path)).with_outputs(
+            | "RunModels" >> beam.ParDo(
+                (BottomUpInferenceFn if approach == "bottom_up" else InferenceFn)(
+                    model_paths, dataset, padding, gt_valid_path)).with_outputs(
                 InferenceFn.DEAD_LETTER, main="joined")
         )
         _ = outputs.joined | "WriteJoined" >> beam.io.WriteToTFRecord(joined_prefix, file_name_suffix=".tfrecord")
@@ -372,6 +477,10 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     batch_size = int(eval_config_section["batch_size"])
     if batch_size < 1:
         raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
+    approach = config.get("approach", "top_down")
+    if approach == "bottom_up" and not gt_annotations:
+        raise ValueError("gt_annotations (the COCO keypoint annotation file of the eval images) is required for "
+                         "approach bottom_up: predictions carry no box and are matched to the file's persons")
     if dataset == "mpii" and not gt_annotations:
         raise ValueError("gt_annotations (a gt_valid.mat layout file) is required for MPII PCKh: "
                          "the records carry no head boxes")
@@ -395,7 +504,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         model_paths[tfma_metrics.BASELINE] = baseline_path
     inference = run_inference(pattern, model_paths, dataset, evaluation_dir, batch_size,
                               float(config["data"].get("padding", 1.25)),
-                              gt_annotations if dataset == "mpii" else None, beam_args)
+                              gt_annotations if dataset == "mpii" else None, beam_args, approach=approach)
     if inference["num_persons"] == 0:
         raise ValueError(f"no evaluable record in {pattern} (skipped: {inference['skipped']})")
 
@@ -475,7 +584,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
 
         record["report"] = report.write_report(
             evaluation_dir, record, direct["per_keypoint"], pattern, persons[tfma_metrics.CANDIDATE], config,
-            num_overlays=int(eval_config_section.get("report_overlays", 6)))
+            num_overlays=0 if approach == "bottom_up" else int(eval_config_section.get("report_overlays", 6)))
     except Exception as error:  # the report is informative only; the blessing must still be written
         logger.exception("report failed")
         record["report_error"] = f"{type(error).__name__}: {error}"

@@ -26,6 +26,14 @@ Pipeline (one per run, both splits)::
         -> WriteShards (DARK heatmaps + tf.Example, sorted by (image id, annotation id, box), gzip)
     dead letters + image digests + shard counts -> ToList -> WriteStats
 
+With ``approach: bottom_up`` in the config (or ``--approach bottom_up``) the
+records are whole images instead (:mod:`schemas.bottom_up`, built by
+:mod:`components.ingest_bottom_up`; COCO-format annotations only)::
+
+    ReadFromText(image tasks) -> Reshuffle
+        -> BuildImageRecords (read + checks + decode, letterbox, targets, loss mask; dead letters, masked counts)
+        -> KeyByShard -> GroupByKey(split, shard) -> WriteRecords (sorted by image id, gzip)
+
 Records are byte-identical for the same inputs and config: shard of a record
 = CRC32 of its sort key, records sorted by key inside a shard, the shard
 count fixed by ``data.num_shards`` or by the planned record count, Examples
@@ -54,6 +62,8 @@ from schemas import jsonio
 
 RECORDS_PER_SHARD = 1000
 """Shard size target when ``data.num_shards`` is None (about 30 MB at 256x192)."""
+BOTTOM_UP_RECORDS_PER_SHARD = 100
+"""The same for bottom-up image records (each holds a whole image and its dense targets)."""
 GZIP_LEVEL = 1
 """zlib level of the TFRecords (with :data:`GZIP_STRATEGY` the level hardly matters)."""
 GZIP_STRATEGY = zlib.Z_RLE
@@ -75,11 +85,18 @@ def _dumps(entry: Mapping[str, Any]) -> str:
 # DoFns
 # --------------------------------------------------------------------------
 
-class CropPersonsFn(beam.DoFn):
-    """Image task -> cropped persons (main), dead letters and image digests (tagged)."""
+class _ImageTaskFn(beam.DoFn):
+    """Shared part of the image-task DoFns: settings, the skip counter + dead letter, the image read.
+
+    Subclasses implement :meth:`build` (the decoded image -> main outputs and
+    tagged outputs); :meth:`process` handles the task's selection skips and
+    dead letters, reads the image (``core.read_image``: decode rule, size guard)
+    and emits its digest.
+    """
 
     DEAD_LETTER = "dead_letter"
     DIGEST = "digest"
+    NEEDS_PERSONS = True   # an image task without persons writes nothing (top-down)
 
     def __init__(self, config: Mapping[str, Any]):
         self._config = dict(config)  # picklable settings only; heavy set-up in setup()
@@ -90,33 +107,91 @@ class CropPersonsFn(beam.DoFn):
         cv2.setNumThreads(1)  # one worker process per core; avoid oversubscription
         self._max_pixels = int(self._config["data"]["max_image_pixels"])
         self._images = Metrics.counter(COUNTER_NAMESPACE, "images_read")
-        self._persons = Metrics.counter(COUNTER_NAMESPACE, "persons_cropped")
 
     def _skip(self, entry: Dict[str, Any]):
         Metrics.counter(COUNTER_NAMESPACE, f"skipped_{entry['reason']}").inc(int(entry.get("count", 1)))
         return beam.pvalue.TaggedOutput(self.DEAD_LETTER, _dumps(entry))
+
+    def build(self, image, task: Dict[str, Any]) -> Iterator[Any]:
+        raise NotImplementedError
 
     def process(self, task: Dict[str, Any]) -> Iterator[Any]:
         for reason, count in task.get("selection_skips", {}).items():  # counted only, no dead letter
             Metrics.counter(COUNTER_NAMESPACE, f"skipped_{reason}").inc(int(count))
         for entry in task["skips"]:
             yield self._skip(entry)
-        if task["image_path"] is None or not task["persons"]:
+        if task["image_path"] is None or (self.NEEDS_PERSONS and not task["persons"]):
             return
         ids = {"split": task["split"], "image_id": task["image_id"], "file_name": task["file_name"],
                "num_persons": len(task["persons"])}
         try:
             image, digest = core.read_image(task["image_path"], self._max_pixels)
-            persons, skips = core.crop_persons(image, task, self._config)
+            outputs = list(self.build(image, task))
         except core.ImageError as error:
             yield self._skip(dict(ids, reason=error.reason, message=str(error)))
             return
         self._images.inc()
         yield beam.pvalue.TaggedOutput(self.DIGEST, (task["split"], task["image_id"], digest))
+        yield from outputs
+
+
+class CropPersonsFn(_ImageTaskFn):
+    """Image task -> cropped persons (main), dead letters and image digests (tagged)."""
+
+    def setup(self):
+        super().setup()
+        self._persons = Metrics.counter(COUNTER_NAMESPACE, "persons_cropped")
+
+    def build(self, image, task: Dict[str, Any]) -> Iterator[Any]:
+        persons, skips = core.crop_persons(image, task, self._config)
         for entry in skips:
             yield self._skip(entry)
         self._persons.inc(len(persons))
         yield from persons
+
+
+class BuildImageRecordsFn(_ImageTaskFn):
+    """Bottom-up image task -> one serialized image record (main), dead letters, digests and masked counts (tagged)."""
+
+    MASKED = "masked"
+    NEEDS_PERSONS = False   # an image whose persons are all masked still gives a record (all loss masked)
+
+    def setup(self):
+        super().setup()
+        self._records = Metrics.counter(COUNTER_NAMESPACE, "image_records_built")
+
+    def build(self, image, task: Dict[str, Any]) -> Iterator[Any]:
+        from components import ingest_bottom_up
+
+        record, skips, masked = ingest_bottom_up.build_image_record(image, task, self._config)
+        for entry in skips:
+            yield self._skip(entry)
+        for reason, count in masked.items():
+            Metrics.counter(COUNTER_NAMESPACE, f"masked_{reason}").inc(count)
+            yield beam.pvalue.TaggedOutput(self.MASKED, [task["split"], reason, count])
+        self._records.inc()
+        yield {"split": task["split"], "sort_key": (int(task["image_id"]),), "record": record}
+
+
+class WriteRecordsFn(beam.DoFn):
+    """(split, shard), serialized records -> one gzip'd TFRecord file sorted by key (bottom-up)."""
+
+    def __init__(self, root: str, num_shards: Mapping[str, int]):
+        self._root = root
+        self._num_shards = dict(num_shards)
+
+    def process(self, element: Tuple[Tuple[str, int], Iterable[Dict[str, Any]]]) -> Iterator[Dict[str, Any]]:
+        import tensorflow as tf
+
+        (split, shard), items = element
+        items = sorted(items, key=lambda item: tuple(item["sort_key"]))
+        path = examples_layout.shard_path(self._root, split, shard, self._num_shards[split])
+        tf.io.gfile.makedirs(examples_layout.split_dir(self._root, split))
+        with tf.io.TFRecordWriter(path, record_options()) as writer:
+            for item in items:
+                writer.write(item["record"])
+        Metrics.counter(COUNTER_NAMESPACE, f"records_{split}").inc(len(items))
+        yield {"kind": "shard", "split": split, "shard": shard, "records": len(items)}
 
 
 class KeyByShardFn(beam.DoFn):
@@ -176,10 +251,14 @@ class WriteStatsFn(beam.DoFn):
         digests = sorted(item[1] for item in items if item[0] == "digest")
         shards = sorted((item[1] for item in items if item[0] == "shard"),
                         key=lambda entry: (entry["split"], entry["shard"]))
+        masked: Dict[str, Dict[str, int]] = {}  # bottom-up: {split: {reason: regions}}
+        for split, reason, count in (item[1] for item in items if item[0] == "masked"):
+            masked.setdefault(split, {})
+            masked[split][reason] = masked[split].get(reason, 0) + int(count)
         with tf.io.gfile.GFile(f"{self._root}/{DEAD_LETTER}", "w") as handle:
             handle.write("".join(line + "\n" for line in dead))
         stats = {"shards": shards, "digests": [list(digest) for digest in digests],
-                 "dead_letter": [json.loads(line) for line in dead]}
+                 "dead_letter": [json.loads(line) for line in dead], "masked": masked}
         with tf.io.gfile.GFile(f"{self._root}/{STATS_FILE}", "w") as handle:
             handle.write(jsonio.dumps(stats, nonfinite=jsonio.NONFINITE_STRING, sort_keys=True))
         yield self._root
@@ -234,6 +313,31 @@ def build_pipeline(pipeline: beam.Pipeline, tasks_file: str, config: Mapping[str
          | "WriteStats" >> beam.ParDo(WriteStatsFn(root)))
 
 
+def build_pipeline_bottom_up(pipeline: beam.Pipeline, tasks_file: str, config: Mapping[str, Any],
+                             num_shards: Mapping[str, int], root: str) -> None:
+    """Adds the bottom-up ExampleGen transforms: image tasks (JSON lines) -> image-record shards under ``root``."""
+    built = (
+        pipeline
+        | "ReadImageTasks" >> beam.io.ReadFromText(tasks_file)
+        | "ParseImageTasks" >> beam.Map(json.loads)
+        | "ReshuffleImageTasks" >> beam.Reshuffle()
+        | "BuildImageRecords" >> beam.ParDo(BuildImageRecordsFn(config)).with_outputs(
+            BuildImageRecordsFn.DEAD_LETTER, BuildImageRecordsFn.DIGEST, BuildImageRecordsFn.MASKED, main="records"))
+    shards = (
+        built.records
+        | "KeyByShard" >> beam.ParDo(KeyByShardFn(num_shards))
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteRecords" >> beam.ParDo(WriteRecordsFn(root, num_shards)))
+    dead = built[BuildImageRecordsFn.DEAD_LETTER] | "TagDeadLetters" >> beam.Map(lambda line: ("dead", line))
+    digests = built[BuildImageRecordsFn.DIGEST] | "TagDigests" >> beam.Map(lambda digest: ("digest", digest))
+    masked = built[BuildImageRecordsFn.MASKED] | "TagMasked" >> beam.Map(lambda entry: ("masked", entry))
+    counts = shards | "TagShards" >> beam.Map(lambda entry: ("shard", entry))
+    _ = ((dead, digests, masked, counts)
+         | "FlattenStats" >> beam.Flatten()
+         | "CollectStats" >> beam.combiners.ToList()
+         | "WriteStats" >> beam.ParDo(WriteStatsFn(root)))
+
+
 # --------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------
@@ -271,6 +375,12 @@ def _check_arguments(dataset: str, out_dir: str, config: Mapping[str, Any], spli
         raise ValueError("det_file needs eval_annotations and eval_images (the image list)")
     if det_file and dataset != "coco":
         raise ValueError("det_file is only supported for dataset 'coco'")
+    if config.get("approach", "top_down") == "bottom_up":
+        if dataset != "coco":
+            raise ValueError(f"approach bottom_up needs COCO-format annotations (dataset 'coco'; the loss mask "
+                             f"comes from COCO segmentations), got dataset {dataset!r}")
+        if det_file:
+            raise ValueError("det_file is not used by approach bottom_up (box-free: no person boxes)")
     num_shards = config["data"].get("num_shards")
     if num_shards is not None and (not isinstance(num_shards, int) or num_shards < 1):
         raise ValueError(f"data.num_shards must be a positive integer or None, got {num_shards!r}")
@@ -281,6 +391,10 @@ def _load_split(dataset: str, split: str, annotations: str, images: str, config:
     gfile = core._gfile()
     if not gfile.isdir(images):
         raise core.InputError(f"{split}_images is not a directory: {images}")
+    if config.get("approach", "top_down") == "bottom_up":
+        from components import ingest_bottom_up
+
+        return ingest_bottom_up.load_coco(split, annotations, images, config)
     if dataset == "coco":
         return core.load_coco(split, annotations, images, config, det_file if split == "eval" else None)
     return core.load_mpii(split, annotations, images, config)
@@ -331,7 +445,33 @@ def _content_hash(dataset: str, config: Mapping[str, Any], sources: Mapping[str,
         "files": {role: entry["sha256"] for role, entry in sources.items() if "sha256" in entry},
         "images": [list(digest) for digest in digests],
     }
+    if config.get("approach", "top_down") == "bottom_up":  # top-down hashes stay as they were
+        from schemas import bottom_up
+
+        payload.update(approach="bottom_up", bottom_up_schema_version=bottom_up.SCHEMA_VERSION,
+                       bottom_up=config["bottom_up"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _bottom_up_manifest(config: Mapping[str, Any], masked: Mapping[str, Mapping[str, int]],
+                        loaded: Mapping[str, Any]) -> Dict[str, Any]:
+    """The bottom-up manifest entries (replacing the person-crop ones that do not apply)."""
+    from schemas import bottom_up
+
+    dataset = config["dataset"]
+    return {
+        "approach": "bottom_up",
+        "schema_version": bottom_up.SCHEMA_VERSION,
+        "record": "image",
+        "num_channels": bottom_up.num_channels(dataset),
+        "channels": {name: [part.start, part.stop] for name, part in bottom_up.channel_slices(dataset).items()},
+        "edges": [list(edge) for edge in bottom_up.BOTTOM_UP_EDGES[dataset]],
+        "bottom_up": dict(config["bottom_up"]),
+        "heatmap_storage": f"{bottom_up.HEATMAP_DTYPE.str} * {bottom_up.HEATMAP_SCALE:g}",
+        "offset_storage": f"{bottom_up.OFFSET_DTYPE.str} * {bottom_up.OFFSET_SCALE:g}",
+        "masked": {split: dict(sorted(masked.get(split, {}).items())) for split in core.SPLITS if split in loaded},
+        "padding": None, "box_source": None, "det_score_threshold": None,
+    }
 
 
 def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations: str | None = None,
@@ -370,6 +510,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
     """
     splits = {"train": (train_annotations, train_images), "eval": (eval_annotations, eval_images)}
     _check_arguments(dataset, out_dir, config, splits, det_file)
+    bottom_up = config.get("approach", "top_down") == "bottom_up"
     from schemas import features
     from schemas.keypoints import get_schema
 
@@ -379,10 +520,11 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
     for split, result in loaded.items():
         if result["planned"] == 0:
             skipped = core.count_reasons(skip for task in result["tasks"] for skip in task["skips"])
-            raise ValueError(f"{split} split: no person passes the selection rules "
+            raise ValueError(f"{split} split: no {'image' if bottom_up else 'person'} passes the selection rules "
                              f"(selection skips {result['selection_skips']}, bad inputs {skipped})")
     configured = config["data"].get("num_shards")
-    num_shards = {split: int(configured or max(1, math.ceil(result["planned"] / RECORDS_PER_SHARD)))
+    per_shard = BOTTOM_UP_RECORDS_PER_SHARD if bottom_up else RECORDS_PER_SHARD
+    num_shards = {split: int(configured or max(1, math.ceil(result["planned"] / per_shard)))
                   for split, result in loaded.items()}
     tasks = [task for split in core.SPLITS if split in loaded for task in loaded[split]["tasks"]]
 
@@ -394,7 +536,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
         pipeline = beam.Pipeline(options=options)
         tasks_file = f"{tmp_dir}/{TASKS_FILE}"
         write_tasks(tasks, tasks_file)
-        build_pipeline(pipeline, tasks_file, config, num_shards, tmp_dir)
+        (build_pipeline_bottom_up if bottom_up else build_pipeline)(pipeline, tasks_file, config, num_shards, tmp_dir)
         result = pipeline.run()
         state = result.wait_until_finish()
         if state not in (None, "DONE"):
@@ -465,6 +607,8 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "dead_letter": DEAD_LETTER,
             "dead_letter_count": len(stats["dead_letter"]),
         }
+        if bottom_up:
+            manifest.update(_bottom_up_manifest(config, stats.get("masked", {}), loaded))
         with gfile.GFile(f"{tmp_dir}/{examples_layout.MANIFEST_FILE}", "w") as handle:
             handle.write(jsonio.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _publish(tmp_dir, out_dir, [examples_layout.SPLIT_DIR.format(split=split) for split in loaded] + [DEAD_LETTER])
@@ -496,16 +640,22 @@ def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--config", help="experiment config YAML (default: built-in defaults for the dataset)")
     parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
     parser.add_argument("--num-shards", type=int, help="overrides data.num_shards")
+    parser.add_argument("--approach", choices=("top_down", "bottom_up"),
+                        help="person crops (top_down) or whole images (bottom_up, COCO only); default: the config's "
+                             "approach; must agree with --config when both are given")
     return parser.parse_args_and_beam_flags(argv)
 
 
-def default_config(dataset: str, overrides: Mapping[str, Any] | None = None) -> Dict[str, Any]:
-    """The built-in config of a dataset: 256x192 for COCO, 256x256 for MPII."""
+def default_config(dataset: str, overrides: Mapping[str, Any] | None = None,
+                   approach: str = "top_down") -> Dict[str, Any]:
+    """The built-in config of a dataset: 256x192 for COCO, 256x256 for MPII; bottom-up: PersonLab's 401x401, stride 8."""
     from pose.config import build_config
 
     base: Dict[str, Any] = {"dataset": dataset}
     if dataset == "mpii":
         base["data"] = {"input_size": [256, 256]}
+    if approach == "bottom_up":
+        base.update(approach="bottom_up", data={"input_size": [401, 401], "heatmap_stride": 8})
     return build_config(base, name=f"{dataset}_default", extra=overrides)
 
 
@@ -522,8 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pose.config import load_config
 
             config = load_config(args.config, small_run=args.small_run, overrides=overrides)
+            if args.approach and config["approach"] != args.approach:
+                raise ValueError(f"--approach {args.approach} but {args.config} has approach {config['approach']!r}")
         else:
-            config = default_config(args.dataset, overrides)
+            config = default_config(args.dataset, overrides, args.approach or "top_down")
         manifest = run_example_gen(
             args.dataset, args.out, config, train_annotations=args.train_annotations,
             train_images=args.train_images, eval_annotations=args.eval_annotations,

@@ -151,10 +151,17 @@ class _PersonsCombiner(beam.CombineFn):
 
 
 def persons_from_joined(persons: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """Joined-example persons (flat lists) -> :mod:`metrics_coco` persons (arrays, image pixels)."""
+    """Joined-example persons (flat lists) -> :mod:`metrics_coco` persons (arrays, image pixels).
+
+    Rows whose ``box_score`` is 0 and whose prediction is all zeros are absent
+    people (:class:`components.evaluator.BottomUpInferenceFn` pads a model's people
+    to the other model's count) and are left out.
+    """
     converted = []
     for person in persons:
         prediction = np.asarray(person["prediction"], np.float64).reshape(-1, 3)
+        if float(person["box_score"]) == 0.0 and not np.any(prediction):
+            continue   # an absent row: a bottom-up model with fewer people than another on this image
         converted.append({
             "image_id": int(person["image_id"]), "annotation_id": int(person["annotation_id"]),
             "image_height": int(person["image_height"]), "image_width": int(person["image_width"]),

@@ -84,11 +84,15 @@ def _optional(value: str | None) -> str | None:
 # The config sections ExampleGen reads (the same ones its content hash covers): passing only
 # these keeps TFX's cache key free of training and evaluation settings.
 EXAMPLE_GEN_CONFIG_KEYS = ("dataset", "data", "codec")
+BOTTOM_UP_EXAMPLE_GEN_CONFIG_KEYS = ("approach", "bottom_up")   # only for approach bottom_up (top-down keys unchanged)
 
 
 def example_gen_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """The part of an experiment config that ExampleGen uses."""
-    return {key: config[key] for key in EXAMPLE_GEN_CONFIG_KEYS if key in config}
+    keys = EXAMPLE_GEN_CONFIG_KEYS
+    if config.get("approach", "top_down") == "bottom_up":
+        keys = keys + BOTTOM_UP_EXAMPLE_GEN_CONFIG_KEYS
+    return {key: config[key] for key in keys if key in config}
 
 
 class PoseExampleGenSpec(types.ComponentSpec):

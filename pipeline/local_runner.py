@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"experiment config (default: {configs.DEMO_CONFIG} for the embedded data, "
                              f"{configs.COCO_CONFIG} / {configs.MPII_CONFIG} for --data coco / mpii)")
     parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
+    parser.add_argument("--approach", choices=("top_down", "bottom_up"), default=None,
+                        help="top_down (person boxes, the default) or bottom_up (box-free, whole images; "
+                             f"default config {configs.BOTTOM_UP_DEMO_CONFIG}); must agree with --config")
     parser.add_argument("--data", choices=("synthetic", "coco", "mpii"), default="synthetic",
                         help="dataset: the embedded synthetic set (default) or a real one laid out the DarkPose way")
     parser.add_argument("--coco-root", help="COCO root: annotations/person_keypoints_{train,val}2017.json, "
@@ -125,8 +128,13 @@ def beam_flags(extra: Sequence[str], own_options: Sequence[str] = ()) -> List[st
     return cli.local_beam_flags(extra)
 
 
-def default_config_path(data: str) -> str:
-    path = {"synthetic": configs.DEMO_CONFIG, "coco": configs.COCO_CONFIG, "mpii": configs.MPII_CONFIG}[data]
+def default_config_path(data: str, approach: str = "top_down") -> str:
+    if approach == "bottom_up":
+        path = {"synthetic": configs.BOTTOM_UP_DEMO_CONFIG, "coco": configs.BOTTOM_UP_COCO_CONFIG}.get(data)
+        if path is None:
+            raise ValueError(f"--approach bottom_up is for COCO-format data (--data synthetic or coco), not --data {data}")
+    else:
+        path = {"synthetic": configs.DEMO_CONFIG, "coco": configs.COCO_CONFIG, "mpii": configs.MPII_CONFIG}[data]
     return os.path.join(REPO_ROOT, path)
 
 
@@ -134,16 +142,21 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Loads the experiment config and applies the gate thresholds (defaults, then flags)."""
     from pose.config import load_config
 
-    path = args.config or default_config_path(args.data)
+    path = args.config or default_config_path(args.data, args.approach or "top_down")
     config = load_config(path, small_run=args.small_run)
+    if args.approach and config.get("approach", "top_down") != args.approach:
+        raise ValueError(f"--approach {args.approach} but --config {path} has approach "
+                         f"{config.get('approach', 'top_down')!r}")
     expected = "mpii" if args.data == "mpii" else "coco"
     if config["dataset"] != expected:
         raise ValueError(f"--config {path} is for dataset {config['dataset']!r} but --data {args.data} "
                          f"needs a {expected!r} config")
     thresholds = {name: dict(gate) for name, gate in (config["eval"]["thresholds"] or {}).items()}
     if not thresholds:
-        defaults = {"synthetic": configs.DEMO_THRESHOLDS, "coco": configs.COCO_THRESHOLDS,
-                    "mpii": configs.MPII_THRESHOLDS}[args.data]
+        defaults = ({"synthetic": configs.BOTTOM_UP_DEMO_THRESHOLDS, "coco": configs.BOTTOM_UP_COCO_THRESHOLDS}
+                    if config.get("approach") == "bottom_up" else
+                    {"synthetic": configs.DEMO_THRESHOLDS, "coco": configs.COCO_THRESHOLDS,
+                     "mpii": configs.MPII_THRESHOLDS})[args.data]
         thresholds = {name: dict(gate) for name, gate in defaults.items()}
     for name, bound in _parse_gate(args.threshold, "--threshold").items():
         thresholds.setdefault(name, {})["lower_bound"] = bound
@@ -174,15 +187,18 @@ def resolve_data(args: argparse.Namespace) -> Tuple[Dict[str, str], Dict[str, An
         info = synthetic.generate_dataset(folder, spec)
         paths = info["paths"]
         use_detections = configs.SYNTHETIC_USE_DETECTIONS and not args.gt_boxes
+        bottom_up = getattr(args, "approach", None) == "bottom_up"
         inputs = {
             "train_annotations": paths["train_annotations"], "train_images": paths["train_images"],
             "eval_annotations": paths["val_annotations"], "eval_images": paths["val_images"],
-            "det_file": args.det_file or (paths["detections"] if use_detections else ""),
+            "det_file": args.det_file or (paths["detections"] if use_detections and not bottom_up else ""),
             "gt_annotations": paths["val_annotations"],
         }
         return inputs, {"data": "synthetic", "dataset_dir": os.path.abspath(folder),
                         "dataset_reused": info["reused"], "dataset_splits": info["splits"],
                         "content_hash": info["content_hash"]}
+    if getattr(args, "approach", None) == "bottom_up" and args.det_file:
+        raise ValueError("--det-file is for top-down models: --approach bottom_up is box-free")
     if args.data == "coco":
         if not args.coco_root:
             raise ValueError("--data coco needs --coco-root <dir>")

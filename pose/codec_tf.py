@@ -151,19 +151,23 @@ def _holds_nan(witness: tf.Tensor) -> tf.Tensor:
 
 
 def _gather_patch(flat: tf.Tensor, px: tf.Tensor, py: tf.Tensor, radius: int,
-                  height: tf.Tensor, width: tf.Tensor, joints: tf.Tensor) -> tf.Tensor:
+                  height: tf.Tensor, width: tf.Tensor, joints: tf.Tensor,
+                  channels: tf.Tensor | None = None) -> tf.Tensor:
     """Gathers (B, K, P, P) patches, P = 2 * radius + 1, centred on (px, py), zero outside the map.
 
     ``flat`` is the heatmap batch flattened in its native (B, H, W, K) order,
     so no transpose of the whole batch is needed. Rows and columns are clamped
     separately, so a read never leaves its own map; the clamped ones are then
-    zeroed (the zero padding of the modulation).
+    zeroed (the zero padding of the modulation). ``channels``: (B, M) int32
+    map index of each peak when the peaks are not one per map (then px, py
+    are (B, M) too); by default peak k is on map k.
     """
     batch = tf.shape(px)[0]
     offsets = tf.range(-radius, radius + 1)
     rows = py[..., None] + offsets                                                     # (B, K, P)
     cols = px[..., None] + offsets
-    origin = tf.range(batch)[:, None] * (height * width * joints) + tf.range(joints)[None, :]  # (B, K)
+    channels = tf.range(joints)[None, :] if channels is None else channels
+    origin = tf.range(batch)[:, None] * (height * width * joints) + channels           # (B, K)
     index = (origin[..., None, None] + (tf.clip_by_value(rows, 0, height - 1) * (width * joints))[..., :, None]
              + (tf.clip_by_value(cols, 0, width - 1) * joints)[..., None, :])
     inside = (((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :])
@@ -287,6 +291,40 @@ def _decode_at(heatmaps: tf.Tensor, flat: tf.Tensor, px: tf.Tensor, py: tf.Tenso
     coords = tf.where(tf.math.is_finite(coords - integer), coords, integer)
     coords = tf.where(valid[..., None], coords, tf.zeros_like(coords))
     scores = tf.where(valid, scores, tf.zeros_like(scores))
+    return tf.cast(coords, tf.float32), tf.cast(scores, tf.float32)
+
+
+def refine_peaks(heatmaps: tf.Tensor, px: tf.Tensor, py: tf.Tensor, channels: tf.Tensor,
+                 blur_kernel: int = 11, compute_dtype: tf.DType = tf.float64) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The DARK sub-pixel step (modulation + Taylor, as :func:`decode`) at given integer peaks, several per map.
+
+    :func:`decode` refines the one argmax of every map; this refines any set
+    of integer peaks, e.g. the local maxima of the bottom-up decoder
+    (:mod:`pose.bottom_up_decode_tf`), with the same maths (Zhang et al.,
+    CVPR 2020, Sec. 3.2; the neighbourhood evaluation of :func:`_local_modulated`).
+
+    Args:
+        heatmaps: (B, H, W, K) float, channels-last.
+        px, py: (B, M) int32 integer peak columns and rows.
+        channels: (B, M) int32 map (joint) index of each peak.
+        blur_kernel: odd modulation kernel size.
+        compute_dtype: dtype of the modulation and Taylor step.
+
+    Returns:
+        ``(keypoints (B, M, 2) float32 (x, y) heatmap coordinates, scores (B, M)
+        float32 heatmap values at the integer peaks)``.
+    """
+    gaussian_kernel_1d(blur_kernel)  # validates the kernel size
+    heatmaps = tf.convert_to_tensor(heatmaps)
+    shape = tf.shape(heatmaps)
+    height, width, joints = shape[1], shape[2], shape[3]
+    radius = blur_kernel // 2 + 2
+    patch = _gather_patch(tf.reshape(heatmaps, [-1]), px, py, radius, height, width, joints, channels)
+    scores = patch[:, :, radius, radius]
+    modulated = _local_modulated(tf.cast(patch, compute_dtype), tf.cast(scores, compute_dtype), blur_kernel)
+    integer = tf.cast(tf.stack([px, py], axis=-1), compute_dtype)
+    coords = integer + _taylor_offsets(modulated, px, py, height, width)
+    coords = tf.where(tf.math.is_finite(coords - integer), coords, integer)
     return tf.cast(coords, tf.float32), tf.cast(scores, tf.float32)
 
 

@@ -8,7 +8,16 @@ derives the values that follow from others and validates everything, raising
 
 Derived values (never written by hand in the files):
 
-* ``data.heatmap_size`` = ``data.input_size // data.heatmap_stride``
+* ``data.heatmap_size`` = :func:`output_size` of ``data.input_size`` and
+  ``data.heatmap_stride``: ``(input - 1) // stride + 1`` = ``ceil(input / stride)``
+  (what SAME-padded strided convolutions give; ``input // stride`` whenever the
+  stride divides the input, as top-down requires; 401 at stride 8 -> 51 as
+  PersonLab). With ``approach: bottom_up`` the input must be square and need
+  not be a multiple of the stride (``S = 1 mod stride`` keeps the network's
+  pixel alignment equal to the project's mapping, see docs/bottom_up.md).
+* ``bottom_up.sigma`` / ``data.sigma`` (bottom-up: the two are one value, set
+  either), ``bottom_up.mid_radius`` (= ``short_radius``) and
+  ``bottom_up.body_sigma`` (= 2 x sigma) unless set.
 * ``data.sigma`` from the heatmap height: 32 -> 1, 64 -> 2, 96 -> 3 (the
   references' pairs), i.e. ``heatmap_height / 32`` rounded, at least 1.
 * ``codec.blur_kernel``: 3 for heatmaps up to 32 rows, 11 up to 64, else 17.
@@ -16,11 +25,22 @@ Derived values (never written by hand in the files):
 Sections:
 
 * ``dataset``: keypoint schema name (``coco`` / ``mpii``), see :mod:`schemas.keypoints`.
-* ``model``: ``name`` plus the builder's keyword arguments (validated by the builder).
+* ``model``: ``name`` plus the builder's keyword arguments (validated by the builder);
+  ``model.pretrained``: backbone weights loaded before training (a local or
+  ``gs://`` file; torchvision / HRNet ImageNet ``.pth`` or Keras ResNet ``.h5``,
+  see :mod:`trainer.pretrained`), for every builder.
 * ``data``: crop/heatmap geometry and ExampleGen selection settings.
 * ``codec``: decoding method, modulation kernel, and whether the exported
   decoder is XLA-compiled (``decode_jit_compile``, see :func:`pose.codec_tf.decode`).
 * ``augmentation``, ``train``, ``eval``: trainer and evaluator settings.
+* ``export``: the SavedModel's numeric precision (``precision``: ``float32`` or
+  ``bfloat16``, the network's compute dtype; flip averaging and DARK decoding
+  stay float32) and ``force_precision`` (export bfloat16 where this machine
+  has no native bfloat16), see :func:`trainer.export.serving_network`.
+* ``approach``: ``top_down`` (person crops, the default) or ``bottom_up``
+  (whole images, PersonLab/StrongPose; docs/bottom_up.md).
+* ``bottom_up``: targets and decoder settings of ``approach: bottom_up``
+  (:data:`BOTTOM_UP_DEFAULTS` lists them with their sources).
 * ``small_run``: a partial config merged on top when ``small_run=True``.
 """
 from __future__ import annotations
@@ -36,6 +56,7 @@ from schemas.keypoints import SCHEMAS
 DEFAULTS: Dict[str, Any] = {
     "name": None,  # defaults to the file's stem
     "dataset": "coco",
+    "approach": "top_down",            # top_down | bottom_up
     "model": {"name": "simplebaseline"},
     "data": {
         "input_size": [256, 192],      # (height, width) of the crop
@@ -71,10 +92,18 @@ DEFAULTS: Dict[str, Any] = {
         "max_steps": None,             # caps the run (small runs, tests)
         "optimizer": "adam",
         "learning_rate": 1e-3,
-        "lr_schedule": "step",         # step | cosine
+        "lr_schedule": "step",         # step | cosine | cyclic
         "lr_decay_epochs": [170, 200],
         "lr_decay_factor": 0.1,
         "warmup_steps": 0,
+        "cyclic": {                    # lr_schedule: cyclic (Smith, WACV 2017), see trainer/optimization.py
+            "policy": "triangular",    # triangular | triangular2 | exp_range
+            "base_lr": None,           # lower bound, required
+            "max_lr": None,            # upper bound, required, > base_lr
+            "step_size": None,         # half cycle in optimizer steps, or
+            "step_size_epochs": None,  # ... in epochs (exactly one of the two)
+            "gamma": None,             # exp_range only: decay per step, in (0, 1]
+        },
         "clip_norm": None,
         "mixed_precision": None,       # None | mixed_float16 | mixed_bfloat16
         "ohkm": False,
@@ -95,11 +124,49 @@ DEFAULTS: Dict[str, Any] = {
         "restrict_to_eval_images": False,  # COCO: score only images present in Split-eval
         "report_overlays": 6,          # PNG skeleton overlays in the evaluation report
     },
+    "export": {
+        "precision": "float32",       # float32 | bfloat16 (network compute dtype; decoding stays float32)
+        "force_precision": False,     # bfloat16 even without native bf16 on this machine
+    },
+    "bottom_up": None,                 # filled from BOTTOM_UP_DEFAULTS below
     "small_run": {},
 }
 
-_VALID_SCHEDULES = ("step", "cosine")
+BOTTOM_UP_DEFAULTS: Dict[str, Any] = {
+    # Targets (pose/bottom_up_codec.py), PersonLab (Papandreou et al., ECCV 2018) Sec. 3.1 unless said.
+    "max_people": 30,                  # persons per image kept (records, decoder); HigherHRNet's MAX_NUM_PEOPLE
+    "short_radius": 32.0,              # disk radius R of the short-range offsets, INPUT pixels (PersonLab R = 32)
+    "mid_radius": None,                # disk radius of the mid-range offsets, INPUT pixels; None = short_radius
+    "sigma": None,                     # keypoint Gaussian sigma, OUTPUT pixels; None = data.sigma (derived)
+    "body_sigma": None,                # body (person-centre) Gaussian sigma, OUTPUT pixels; None = 2 x sigma
+    # Decoder (pose/bottom_up_decode_tf.py; sources in docs/bottom_up.md, decoding section).
+    "peak_threshold": 0.1,             # heatmap peaks below are dropped
+    "nms_kernel": 3,                   # max-pool window of the peak NMS, output pixels (odd)
+    "hough_refine": True,              # refine peaks with the short-range offsets (PersonLab Sec. 3.1)
+    "min_person_score": 0.05,          # persons scoring below are dropped
+    "keypoint_nms_radius": 10.0,       # INPUT pixels: same-type keypoints of two people closer than this are one
+    # Loss weights (trainer/losses.py), PersonLab Sec. 4: heatmap 4, short 1, mid 0.25, segmentation (our body) 2.
+    "loss_weights": {"heatmap": 4.0, "short": 1.0, "mid": 0.25, "body": 2.0},
+}
+DEFAULTS["bottom_up"] = BOTTOM_UP_DEFAULTS
+APPROACHES = ("top_down", "bottom_up")
+
+
+def output_size(input_size: int, stride: int) -> int:
+    """The one rule for output (heatmap) sizes: ``(input - 1) // stride + 1`` = ``ceil(input / stride)``.
+
+    It is the size SAME-padded strided convolutions give, ``input // stride``
+    when the stride divides the input (every top-down config) and
+    ``(S - 1) / stride + 1`` when ``S = 1 mod stride`` (PersonLab's 401 at
+    stride 8 -> 51).
+    """
+    return (int(input_size) - 1) // int(stride) + 1
+
+
+_VALID_SCHEDULES = ("step", "cosine", "cyclic")
+_CYCLIC_POLICIES = ("triangular", "triangular2", "exp_range")
 _VALID_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+_EXPORT_PRECISIONS = ("float32", "bfloat16")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str = "") -> Dict[str, Any]:
@@ -121,22 +188,29 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str =
 
 
 def _derive(config: Dict[str, Any]) -> None:
+    if config.get("approach") not in APPROACHES:
+        raise ValueError(f"approach must be one of {APPROACHES}, got {config.get('approach')!r}")
     data, codec = config["data"], config["codec"]
     input_size = data["input_size"]
     if not (isinstance(input_size, (list, tuple)) and len(input_size) == 2
             and all(isinstance(v, int) and v >= 8 for v in input_size)):
         raise ValueError(f"data.input_size must be [height, width] integers >= 8, got {input_size!r}")
     stride = data["heatmap_stride"]
-    if not isinstance(stride, int) or stride < 1 or any(v % stride for v in input_size):
+    bottom_up = config.get("approach") == "bottom_up"
+    if not isinstance(stride, int) or stride < 1 or (not bottom_up and any(v % stride for v in input_size)):
         raise ValueError(f"data.heatmap_stride must divide data.input_size {input_size}, got {stride!r}")
     data["input_size"] = [int(v) for v in input_size]
-    data["heatmap_size"] = [v // stride for v in input_size]
+    data["heatmap_size"] = [output_size(v, stride) for v in input_size]
+    if bottom_up:
+        _derive_bottom_up(config)
     heatmap_height = data["heatmap_size"][0]
     if data["sigma"] is None:
         data["sigma"] = float(max(1, round(heatmap_height / 32)))
     if float(data["sigma"]) <= 0:
         raise ValueError(f"data.sigma must be > 0, got {data['sigma']!r}")
     data["sigma"] = float(data["sigma"])
+    if bottom_up:
+        _finish_bottom_up(config)
     if codec["blur_kernel"] is None:
         codec["blur_kernel"] = 3 if heatmap_height <= 32 else 11 if heatmap_height <= 64 else 17
     kernel = codec["blur_kernel"]
@@ -148,11 +222,63 @@ def _derive(config: Dict[str, Any]) -> None:
         raise ValueError(f"codec.decode_jit_compile must be true or false, got {codec['decode_jit_compile']!r}")
 
 
+def _derive_bottom_up(config: Dict[str, Any]) -> None:
+    """``approach: bottom_up``: square input, one sigma, derived radii; validates the ``bottom_up`` section."""
+    data, section = config["data"], config["bottom_up"]
+    if not isinstance(section, Mapping):
+        raise ValueError(f"bottom_up must be a mapping, got {section!r}")
+    if data["input_size"][0] != data["input_size"][1]:
+        raise ValueError(f"approach bottom_up needs a square data.input_size [S, S], got {data['input_size']}")
+    if section["sigma"] is not None and data["sigma"] is not None and float(section["sigma"]) != float(data["sigma"]):
+        raise ValueError(f"bottom_up.sigma ({section['sigma']!r}) and data.sigma ({data['sigma']!r}) differ; "
+                         "set one of them")
+    if section["sigma"] is not None:
+        if not _is_number(section["sigma"]) or not section["sigma"] > 0:
+            raise ValueError(f"bottom_up.sigma must be a number > 0, got {section['sigma']!r}")
+        data["sigma"] = float(section["sigma"])
+    max_people = section["max_people"]
+    if isinstance(max_people, bool) or not isinstance(max_people, int) or max_people < 1:
+        raise ValueError(f"bottom_up.max_people must be an integer >= 1, got {max_people!r}")
+    if section["mid_radius"] is None:
+        section["mid_radius"] = section["short_radius"]
+    for key in ("short_radius", "mid_radius", "keypoint_nms_radius"):
+        if not _is_number(section[key]) or not section[key] >= (0 if key == "keypoint_nms_radius" else 1e-9):
+            raise ValueError(f"bottom_up.{key} must be a number {'>=' if key == 'keypoint_nms_radius' else '>'} 0 "
+                             f"(input pixels), got {section[key]!r}")
+        section[key] = float(section[key])
+    for key in ("peak_threshold", "min_person_score"):
+        if not _is_number(section[key]) or not 0.0 <= section[key] <= 1.0:
+            raise ValueError(f"bottom_up.{key} must be in [0, 1], got {section[key]!r}")
+        section[key] = float(section[key])
+    kernel = section["nms_kernel"]
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"bottom_up.nms_kernel must be a positive odd integer, got {kernel!r}")
+    if not isinstance(section["hough_refine"], bool):
+        raise ValueError(f"bottom_up.hough_refine must be true or false, got {section['hough_refine']!r}")
+    weights = section["loss_weights"]
+    if not isinstance(weights, Mapping) or any(not _is_number(v) or v < 0 for v in weights.values()):
+        raise ValueError(f"bottom_up.loss_weights must map heatmap/short/mid/body to numbers >= 0, got {weights!r}")
+
+
+def _finish_bottom_up(config: Dict[str, Any]) -> None:
+    """After ``data.sigma`` is derived: ``bottom_up.sigma`` = it, ``body_sigma`` = 2 x sigma unless set."""
+    section = config["bottom_up"]
+    section["sigma"] = float(config["data"]["sigma"])
+    if section["body_sigma"] is None:
+        section["body_sigma"] = 2.0 * section["sigma"]
+    if not _is_number(section["body_sigma"]) or not section["body_sigma"] > 0:
+        raise ValueError(f"bottom_up.body_sigma must be a number > 0, got {section['body_sigma']!r}")
+    section["body_sigma"] = float(section["body_sigma"])
+
+
 def _validate(config: Dict[str, Any]) -> None:
     if config["dataset"] not in SCHEMAS:
         raise ValueError(f"dataset must be one of {sorted(SCHEMAS)}, got {config['dataset']!r}")
     if not isinstance(config["model"], Mapping) or not config["model"].get("name"):
         raise ValueError("model.name is required")
+    pretrained = config["model"].get("pretrained")
+    if pretrained is not None and (not isinstance(pretrained, str) or not pretrained.strip()):
+        raise ValueError(f"model.pretrained must be a file path (local or gs://) or null, got {pretrained!r}")
     train = config["train"]
     for key in ("batch_size", "epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
@@ -163,12 +289,59 @@ def _validate(config: Dict[str, Any]) -> None:
         raise ValueError(f"train.mixed_precision must be one of {_VALID_PRECISION}, got {train['mixed_precision']!r}")
     if not train["learning_rate"] > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {train['learning_rate']!r}")
+    _validate_cyclic(train)
+    export = config["export"]
+    if export["precision"] not in _EXPORT_PRECISIONS:
+        raise ValueError(f"export.precision must be one of {_EXPORT_PRECISIONS}, got {export['precision']!r}")
+    if not isinstance(export["force_precision"], bool):
+        raise ValueError(f"export.force_precision must be true or false, got {export['force_precision']!r}")
     augmentation = config["augmentation"]
     for key in ("rotation_prob", "half_body_prob"):
         if not 0.0 <= float(augmentation[key]) <= 1.0:
             raise ValueError(f"augmentation.{key} must be in [0, 1], got {augmentation[key]!r}")
     if not 0.0 <= float(config["data"]["det_score_threshold"]) <= 1.0:
         raise ValueError(f"data.det_score_threshold must be in [0, 1], got {config['data']['det_score_threshold']!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+def _validate_cyclic(train: Mapping[str, Any]) -> None:
+    """``train.cyclic``: required with ``lr_schedule: cyclic``, and left at its defaults otherwise."""
+    cyclic = train["cyclic"]
+    if not isinstance(cyclic, Mapping):
+        raise ValueError(f"train.cyclic must be a mapping, got {cyclic!r}")
+    if train["lr_schedule"] != "cyclic":
+        changed = sorted(key for key, value in cyclic.items() if value != DEFAULTS["train"]["cyclic"][key])
+        if changed:
+            raise ValueError(f"train.cyclic.{changed[0]} is set but train.lr_schedule is "
+                             f"{train['lr_schedule']!r}; set train.lr_schedule: cyclic to use it")
+        return
+    if cyclic["policy"] not in _CYCLIC_POLICIES:
+        raise ValueError(f"train.cyclic.policy must be one of {_CYCLIC_POLICIES}, got {cyclic['policy']!r}")
+    for key in ("base_lr", "max_lr"):
+        if not _is_number(cyclic[key]) or not cyclic[key] > 0:
+            raise ValueError(f"train.cyclic.{key} must be a number > 0 with lr_schedule: cyclic, got {cyclic[key]!r}")
+    if not cyclic["max_lr"] > cyclic["base_lr"]:
+        raise ValueError(f"train.cyclic.max_lr ({cyclic['max_lr']!r}) must be > train.cyclic.base_lr "
+                         f"({cyclic['base_lr']!r})")
+    step_size, epochs = cyclic["step_size"], cyclic["step_size_epochs"]
+    if (step_size is None) == (epochs is None):
+        raise ValueError("exactly one of train.cyclic.step_size (optimizer steps) and train.cyclic.step_size_epochs "
+                         f"must be set, got {step_size!r} and {epochs!r}")
+    if step_size is not None and (isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1):
+        raise ValueError(f"train.cyclic.step_size must be an integer >= 1, got {step_size!r}")
+    if epochs is not None and (not _is_number(epochs) or not epochs > 0):
+        raise ValueError(f"train.cyclic.step_size_epochs must be a number > 0, got {epochs!r}")
+    gamma = cyclic["gamma"]
+    if cyclic["policy"] == "exp_range":
+        if not _is_number(gamma) or not 0 < gamma <= 1:
+            raise ValueError(f"train.cyclic.gamma must be in (0, 1] with policy exp_range, got {gamma!r}")
+    elif gamma is not None:
+        raise ValueError(f"train.cyclic.gamma is only used by policy exp_range, got gamma={gamma!r} with policy "
+                         f"{cyclic['policy']!r}")
 
 
 def build_config(overrides: Mapping[str, Any] | None = None, small_run: bool = False,

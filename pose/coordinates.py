@@ -20,6 +20,14 @@ UDP, Huang et al. CVPR 2020):
   (and the same for height): heatmap pixel centres land on crop pixel
   centres at both ends.
 
+* Bottom-up (whole image, :mod:`schemas.bottom_up`): the image goes into the
+  square ``S x S`` input by :func:`letterbox_affine` (aspect ratio kept, long
+  side's pixel centres ``0 .. L-1`` onto ``0 .. S-1``, top-left aligned, zero
+  padding right/bottom); input -> output is the same corner-aligned scaling as
+  crop -> heatmap (:func:`crop_to_heatmap` / :func:`heatmap_to_crop` and their
+  TF twins, with the input and output sizes), i.e. ``x_out = x_in * (W_out -
+  1) / (W_in - 1)``.
+
 Consequences (tested): mirroring a crop is ``x -> W_in - 1 - x`` and mirroring
 its heatmap is ``x -> W_hm - 1 - x``, with no 1-pixel shift; image -> crop ->
 image round trips are exact up to float error.
@@ -206,6 +214,37 @@ def heatmap_to_image(points: np.ndarray, center: np.ndarray, scale: np.ndarray,
     return crop_to_image(crop_points, center, scale, input_size, rotation)
 
 
+def letterbox_affine(height, width, size: int) -> np.ndarray:
+    """The image -> bottom-up input affine: keep the aspect ratio, pad right/bottom.
+
+    The long side ``L = max(height, width)`` is scaled so that its pixel
+    centres ``0 .. L-1`` land on ``0 .. size-1`` (the project's corner-aligned
+    convention, :func:`crop_affine` of the window ``L - 1`` wide centred at
+    ``((L-1)/2, (L-1)/2)``): ``x_in = x * (size - 1) / (L - 1)``, the same for y,
+    no rotation, no offset; the rest of the square is zero padding.
+
+    Args:
+        height, width: original image size(s) in pixels, scalars or arrays (...,).
+        size: square input side S, pixels.
+
+    Returns:
+        float64 (..., 2, 3) matrices, ``input = M @ [x, y, 1]``.
+
+    Raises:
+        ValueError: ``size`` < 2 or an image side < 1, or both sides 1.
+    """
+    if int(size) < 2:
+        raise ValueError(f"size must be >= 2, got {size!r}")
+    height = np.asarray(height, dtype=np.float64)
+    width = np.asarray(width, dtype=np.float64)
+    longest = np.maximum(height, width)
+    if np.any(np.minimum(height, width) < 1) or np.any(longest < 2):
+        raise ValueError(f"image size must be >= 1 x 1 with a side >= 2, got {height!r} x {width!r}")
+    half = (longest - 1.0) / 2.0
+    return crop_affine(np.stack([half, half], axis=-1), np.stack([longest - 1.0, longest - 1.0], axis=-1),
+                       (int(size), int(size)))
+
+
 def flip_points(points: np.ndarray, width: int) -> np.ndarray:
     """Mirrors (..., 2) points horizontally in a frame ``width`` pixels wide: x -> width-1-x."""
     points = np.array(points, dtype=np.float64, copy=True)
@@ -282,6 +321,17 @@ def crop_affine_tf(center: tf.Tensor, scale: tf.Tensor, output_size: Sequence[in
     row0 = tf.stack([a00, a01, t0], axis=-1)
     row1 = tf.stack([a10, a11, t1], axis=-1)
     return tf.stack([row0, row1], axis=-2)
+
+
+def letterbox_affine_tf(height, width, size: int) -> tf.Tensor:
+    """TF twin of :func:`letterbox_affine`: heights, widths (...,) any numeric dtype -> (..., 2, 3) float32.
+
+    No validation inside the graph: an image with both sides 1 gives non-finite values.
+    """
+    longest = tf.maximum(tf.cast(height, tf.float32), tf.cast(width, tf.float32))
+    half = (longest - 1.0) / 2.0
+    return crop_affine_tf(tf.stack([half, half], axis=-1), tf.stack([longest - 1.0, longest - 1.0], axis=-1),
+                          (int(size), int(size)))
 
 
 def invert_affine_tf(matrix: tf.Tensor) -> tf.Tensor:

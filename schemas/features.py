@@ -114,17 +114,20 @@ def decode_heatmaps_tf(data: tf.Tensor, heatmap_size: Sequence[int], num_joints:
     return tf.cast(tf.reshape(channels_last, shape), tf.float32) * (1.0 / HEATMAP_SCALE)
 
 
-def _bytes(value) -> tf.train.Feature:
+def bytes_feature(value) -> tf.train.Feature:
+    """A one-value bytes ``tf.train.Feature`` (``str`` is UTF-8 encoded); shared by every record spec."""
     if isinstance(value, str):
         value = value.encode("utf-8")
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _floats(values) -> tf.train.Feature:
+def float_feature(values) -> tf.train.Feature:
+    """A float32 list ``tf.train.Feature`` of ``values`` (any shape, flattened)."""
     return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).ravel().tolist()))
 
 
-def _ints(values) -> tf.train.Feature:
+def int_feature(values) -> tf.train.Feature:
+    """An int64 list ``tf.train.Feature`` of ``values`` (any shape, flattened)."""
     return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(values, np.int64).ravel().tolist()))
 
 
@@ -150,12 +153,12 @@ def build_example(record: Mapping[str, Any]) -> tf.train.Example:
     for key, (kind, expected) in layout.items():
         value = record[key]
         if kind == "bytes":
-            features[key] = _bytes(value)
+            features[key] = bytes_feature(value)
             continue
         array = np.asarray(value).ravel()
         if array.size != expected:
             raise ValueError(f"record key {key!r} has {array.size} values, expected {expected}")
-        features[key] = _ints(array) if kind == "int64" else _floats(array)
+        features[key] = int_feature(array) if kind == "int64" else float_feature(array)
     return tf.train.Example(features=tf.train.Features(feature=features))
 
 

@@ -38,7 +38,26 @@ with the session loader of TF Serving / ``saved_model_cli run`` (docs/serving.md
 
 ``heatmaps``:
     input ``images`` (B, H_in, W_in, 3) float32 RGB 0..255 crops.
-    output ``heatmaps`` (B, H_hm, W_hm, K) float32.
+    outputs:
+        ``heatmaps``  (B, H_hm, W_hm, K) float32 (raw model output, no flip).
+        ``attention`` (B, H_hm, W_hm, A) float32 in [0, 1], only for models with
+                      attention heads (``model.attention``): A = 1 (holistic,
+                      one map per person) or A = K (part-wise, map k for joint k
+                      in the schema's order); channels-last, the heatmaps' grid.
+                      Absent for every other model; the other outputs and
+                      signatures are the same with or without it.
+
+Bottom-up models (``approach: bottom_up``, ``trainer/export_bottom_up.py``)
+have the same three signature names with these contracts (N = ``bottom_up.max_people``):
+
+``predict_image``: input ``image`` () string -> ``keypoints`` (N, K, 3) float32
+    (x, y original-image pixels, keypoint score), ``person_scores`` (N,) float32
+    (best first), ``num_people`` () int32; rows after ``num_people`` are zeros.
+``heatmaps``: input ``images`` (B, S, S, 3) float32 RGB 0..255 letterboxed inputs ->
+    ``outputs`` (B, H_out, W_out, C) float32, the layout of ``schemas.bottom_up``.
+``serving_default``: input ``examples`` (B,) serialized bottom-up records ->
+    ``keypoints`` (B, N, K, 3), ``person_scores`` (B, N), ``num_people`` (B,),
+    ``image_id`` (B,) int64.
 """
 SAVED_MODEL_DIR = "Format-Serving"
 KERAS_FILE = "model.keras"
@@ -58,6 +77,7 @@ OUTPUT_KEYPOINTS = "keypoints"
 OUTPUT_BOX_VALID = "box_valid"
 OUTPUT_BOX_STATUS = "box_status"
 OUTPUT_HEATMAPS = "heatmaps"
+OUTPUT_ATTENTION = "attention"
 PASSTHROUGH = {
     "image_id": "image/id",
     "annotation_id": "annotation/id",
@@ -66,3 +86,8 @@ PASSTHROUGH = {
     "center": "bbox/center",
     "scale": "bbox/scale",
 }
+# Bottom-up signatures (see the module docstring).
+OUTPUT_PERSON_SCORES = "person_scores"
+OUTPUT_NUM_PEOPLE = "num_people"
+OUTPUT_OUTPUTS = "outputs"
+OUTPUT_IMAGE_ID = "image_id"

@@ -29,6 +29,7 @@ refuses tunnels to any other host.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import http.server
@@ -453,6 +454,31 @@ class GcsEmulator:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def emulated_gcs(*buckets: str):
+    """A running emulator with ``buckets`` created and the process environment pointing every client at it.
+
+    The environment is restored and the emulator stopped on exit. Raises
+    :class:`EmulatorUnavailable` where the emulator cannot run (tests skip on it).
+    """
+    emulator = GcsEmulator().start()
+    saved: Dict[str, str | None] = {}
+    try:
+        for bucket in buckets:
+            emulator.create_bucket(bucket)
+        env = emulator.env()
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        yield emulator
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        emulator.stop()
 
 
 def main(argv: List[str]) -> int:

@@ -150,6 +150,10 @@ CLI_CASES = [
      "--max-step", "--max-steps"),
     ("trainer.flops", ["--config", "c.yaml", "--transpose", "input"], "--transpose", "--transposed"),
     ("pipeline.synthetic", ["--out", "{out}", "--train-image", "3"], "--train-image", "--train-images"),
+    ("pipeline.predict", ["--model", "m", "--images", "i", "--out", "{out}", "--det-fil", "d.json"],
+     "--det-fil", "--det-file"),
+    ("trainer.lr_finder", ["--examples", "e", "--config", "c.yaml", "--out", "{out}", "--step", "5"],
+     "--step", "--steps"),
 ]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.gcs_emulator import EmulatorUnavailable, GcsEmulator
+from tests.gcs_emulator import EmulatorUnavailable, emulated_gcs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "darkpose-test"
@@ -27,22 +27,14 @@ IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 def gcs():
     """The emulator, with the process environment pointing every client at it (restored afterwards)."""
     try:
-        emulator = GcsEmulator().start()
+        context = emulated_gcs(BUCKET)
+        emulator = context.__enter__()
     except EmulatorUnavailable as error:
         pytest.skip(f"GCS emulator not available: {error}")
-    emulator.create_bucket(BUCKET)
-    env = emulator.env()
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     try:
         yield emulator
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        emulator.stop()
+        context.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

@@ -277,3 +277,31 @@ def test_real_mpii_layout(shared_data, tmp_path):
     assert (examples["properties"]["num_records_train"], examples["properties"]["num_records_eval"]) == (2, 2)
     assert "PCKh@0.5" in index["metrics"]
     assert os.path.exists(os.path.join(index["pushed_path"], "saved_model.pb"))
+
+
+def test_bottom_up_pipeline_on_the_embedded_data(tmp_path):
+    """--approach bottom_up: image records, the bottom-up model, its export and the evaluator's bottom-up path."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    runs = str(tmp_path / "runs")
+    code, output = run_pipeline((runs, str(scratch)), "--approach", "bottom_up", "--small-run",
+                                "--synthetic-train-images", "8", "--synthetic-val-images", "3",
+                                "--max-steps", "2", "--run-id", "bu", "--threshold", "AP=0")
+    assert code == 0, output[-4000:]
+    index = read_index(runs, "bu")
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True and "AP" in index["metrics"]
+    nodes = mlmd_record(runs)["nodes"]
+    examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
+    with open(os.path.join(examples["uri"], "manifest.json")) as handle:
+        manifest = json.load(handle)
+    assert manifest["approach"] == "bottom_up" and manifest["record"] == "image"
+    assert examples["properties"]["num_records_eval"] == 3          # one record per image, not per person
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(index["pushed_path"])
+    assert {"predict_image", "heatmaps", "serving_default"} <= set(loaded.signatures)
+    assert "person_scores" in loaded.signatures["predict_image"].structured_outputs
+    # A bottom-up config and --approach top_down disagree: exit 2 before any work.
+    code, output = run_pipeline((runs, str(scratch)), "--approach", "top_down", "--config",
+                                os.path.join(ROOT, "configs", "bottom_up", "demo_res18_129.yaml"))
+    assert code == 2 and "has approach 'bottom_up'" in output

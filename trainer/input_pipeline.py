@@ -146,52 +146,17 @@ def _stored_targets(batch: Mapping[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor
             {"heatmaps": batch["heatmaps"], "target_weight": batch["target_weight"]})
 
 
-def make_dataset(file_pattern: str | List[str], config: Dict[str, Any], codec: HeatmapCodec, training: bool,
-                 batch_size: int, input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool | None = None) -> tf.data.Dataset:
-    """Builds the training or evaluation ``tf.data.Dataset`` of person crops.
+def read_records(files: Sequence[str], compression: str, training: bool, repeat: bool, seed: int, buffer: int,
+                 input_context: tf.distribute.InputContext | None = None) -> Tuple[tf.data.Dataset, int]:
+    """Serialized records of ``files``, sharded per input pipeline, shuffled and repeated for training.
 
-    Args:
-        file_pattern: glob pattern(s) or directories of TFRecord shards
-            (``.gz`` files are read as GZIP).
-        config: loaded experiment config (:func:`pose.config.load_config`);
-            uses ``dataset``, ``augmentation`` and ``train.shuffle_buffer``/``train.seed``.
-        codec: the experiment's codec (input/heatmap sizes, sigma).
-        training: shuffle + augment (if enabled) + repeat, or eval order and stored targets.
-        batch_size: per-replica batch size.
-        input_context: strategy input context for per-worker sharding, or None.
-        repeat: repeat forever; defaults to ``training``.
+    Shared by the person-crop (:func:`make_dataset`) and the bottom-up
+    (:mod:`trainer.input_bottom_up`) inputs, so both read, shard and shuffle the
+    same way (module docstring).
 
     Returns:
-        A dataset of ``(inputs, targets)``: ``inputs["image"]`` float32
-        (B, H_in, W_in, 3) RGB 0..255, ``targets["heatmaps"]`` float32
-        (B, H_hm, W_hm, K) channels-last, ``targets["target_weight"]`` float32 (B, K).
-        Training batches have a static B = ``batch_size``.
-
-    Raises:
-        ValueError: bad ``batch_size``/``training``/``file_pattern``/``train.seed``/
-            ``train.shuffle_buffer``/``augmentation`` values, no files, or mixed compression.
-        tf.errors.InvalidArgumentError (when iterated): a record that does not
-            match ``config`` (dataset, crop size, heatmap size, schema version).
+        ``(dataset of scalar string tensors, input pipeline id)``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(training, bool):
-        raise ValueError(f"training must be a bool, got {training!r}")
-    if repeat is None:
-        repeat = training
-    files = list_files(file_pattern)
-    compression = _compression(files)
-    train_config = config["train"]
-    seed, buffer = train_config.get("seed", 0), train_config.get("shuffle_buffer", 1024)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"train.seed must be a non-negative integer, got {seed!r}")
-    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-        raise ValueError(f"train.shuffle_buffer must be a positive integer, got {buffer!r}")
-    augmentation_on = training and bool(config["augmentation"]["enabled"])
-    if augmentation_on:
-        augment.validate_augmentation(config["augmentation"])
-
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -222,6 +187,66 @@ def make_dataset(file_pattern: str | List[str], config: Dict[str, Any], codec: H
         dataset = dataset.shuffle(buffer, seed=seed + 7919 * pipeline_id, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+    return dataset, pipeline_id
+
+
+def shuffle_settings(config: Mapping[str, Any]) -> Tuple[int, int]:
+    """``(train.seed, train.shuffle_buffer)`` of ``config``, validated (ValueError naming the key)."""
+    train_config = config["train"]
+    seed, buffer = train_config.get("seed", 0), train_config.get("shuffle_buffer", 1024)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"train.seed must be a non-negative integer, got {seed!r}")
+    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+        raise ValueError(f"train.shuffle_buffer must be a positive integer, got {buffer!r}")
+    return seed, buffer
+
+
+def make_dataset(file_pattern: str | List[str], config: Dict[str, Any], codec: HeatmapCodec, training: bool,
+                 batch_size: int, input_context: tf.distribute.InputContext | None = None,
+                 repeat: bool | None = None) -> tf.data.Dataset:
+    """Builds the training or evaluation ``tf.data.Dataset`` of person crops.
+
+    Args:
+        file_pattern: glob pattern(s) or directories of TFRecord shards
+            (``.gz`` files are read as GZIP).
+        config: loaded experiment config (:func:`pose.config.load_config`);
+            uses ``dataset``, ``augmentation`` and ``train.shuffle_buffer``/``train.seed``.
+        codec: the experiment's codec (input/heatmap sizes, sigma).
+        training: shuffle + augment (if enabled) + repeat, or eval order and stored targets.
+        batch_size: per-replica batch size.
+        input_context: strategy input context for per-worker sharding, or None.
+        repeat: repeat forever; defaults to ``training``.
+
+    Returns:
+        A dataset of ``(inputs, targets)``: ``inputs["image"]`` float32
+        (B, H_in, W_in, 3) RGB 0..255, ``targets["heatmaps"]`` float32
+        (B, H_hm, W_hm, K) channels-last, ``targets["target_weight"]`` float32 (B, K).
+        Training batches have a static B = ``batch_size``.
+
+    Raises:
+        ValueError: bad ``batch_size``/``training``/``file_pattern``/``train.seed``/
+            ``train.shuffle_buffer``/``augmentation`` values, no files, or mixed compression.
+        tf.errors.InvalidArgumentError (when iterated): a record that does not
+            match ``config`` (dataset, crop size, heatmap size, schema version).
+    """
+    if config.get("approach") == "bottom_up":  # one record per image (issue 16)
+        from trainer import input_bottom_up
+
+        return input_bottom_up.make_dataset(file_pattern, config, training, batch_size, input_context, repeat)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(training, bool):
+        raise ValueError(f"training must be a bool, got {training!r}")
+    if repeat is None:
+        repeat = training
+    files = list_files(file_pattern)
+    compression = _compression(files)
+    seed, buffer = shuffle_settings(config)
+    augmentation_on = training and bool(config["augmentation"]["enabled"])
+    if augmentation_on:
+        augment.validate_augmentation(config["augmentation"])
+
+    dataset, pipeline_id = read_records(files, compression, training, repeat, seed, buffer, input_context)
 
     dataset = dataset.map(make_decode_fn(config, codec, decode_heatmaps=not augmentation_on),
                           num_parallel_calls=AUTOTUNE, deterministic=not training)

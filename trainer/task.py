@@ -32,7 +32,7 @@ from pose.config import load_config
 from schemas import examples as examples_layout
 from schemas import serving
 from schemas import jsonio
-from trainer import distribution, export, input_pipeline, train_loop
+from trainer import distribution, export, input_pipeline, pretrained, train_loop
 from trainer.models import build_model
 
 RUN_SUBDIR = "run"
@@ -110,6 +110,8 @@ def train_on_files(train_files: str | Sequence[str], config: Mapping[str, Any], 
         (``serving_model_dir``, ``keras_model``, ``run_dir``, ``checkpoint``).
     """
     files = _resolve_files(train_files)
+    # export.precision is checked before training (a refused bfloat16 export would waste the run)
+    log(export.check_precision(*export.export_precision(config)))
     strategy = strategy or distribution.choose_strategy()
     train_config = config["train"]
     num_records = _num_train_records(files)
@@ -126,8 +128,8 @@ def train_on_files(train_files: str | Sequence[str], config: Mapping[str, Any], 
                                            input_context=input_context)
 
     model, result = train_loop.train(
-        config, lambda: build_model(config), dataset_fn, model_run_dir, plan["total_steps"],
-        plan["steps_per_epoch"], strategy=strategy, codec=codec, log=log)
+        config, lambda: pretrained.build_model_with_pretrained(config, model_run_dir, log), dataset_fn,
+        model_run_dir, plan["total_steps"], plan["steps_per_epoch"], strategy=strategy, codec=codec, log=log)
 
     chief = distribution.is_chief(strategy)
 
@@ -223,7 +225,8 @@ def run_fn(fn_args) -> Dict[str, Any]:
     """
     config = config_from_custom(getattr(fn_args, "custom_config", None))
     serving_model_dir = fn_args.serving_model_dir
-    keras_path = os.path.join(os.path.dirname(os.path.normpath(serving_model_dir)), serving.KERAS_FILE)
+    # No os.path.normpath: it turns "gs://bucket/..." into the local path "gs:/bucket/...".
+    keras_path = os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), serving.KERAS_FILE)
     train_steps = getattr(fn_args, "train_steps", None)
     return train_on_files(fn_args.train_files, config, serving_model_dir, fn_args.model_run_dir, keras_path,
                           int(train_steps) if train_steps else None)

@@ -7,7 +7,9 @@ runs on the default strategy, ``MirroredStrategy``, MWMS and ``TPUStrategy``:
 * the global batch is split across replicas by
   ``strategy.distribute_datasets_from_function`` (the dataset function gets
   the ``InputContext`` and shards per worker);
-* per-example losses (:func:`trainer.losses.keypoint_mse`) are averaged over
+* per-example losses (:func:`trainer.losses.keypoint_mse`; for ``approach:
+  bottom_up`` :func:`trainer.losses.bottom_up_loss` via
+  :func:`trainer.losses.make_loss_fn`, the one dispatch) are averaged over
   the *global* batch (``tf.nn.compute_average_loss``), and the Keras optimizer
   sums the replicas' gradients, so N replicas take the same step as one
   device on the same global batch;
@@ -30,7 +32,8 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from trainer import distribution, losses, optimization
-from trainer.models import prediction
+from pose.overlay import blend_maps
+from trainer.models import attention_model, prediction
 
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -122,6 +125,33 @@ def write_images(name: str, images: np.ndarray, step: int) -> None:
     tf.summary.write(name, tensor, step=step, metadata=_IMAGE_METADATA)
 
 
+def make_step_fn(model, optimizer, global_batch: int, ohkm_topk: int | None,
+                 loss_fn: Callable | None = None) -> Callable:
+    """One replica's training step ``(inputs, targets) -> loss``, shared with :mod:`trainer.lr_finder`.
+
+    The loss is :func:`trainer.losses.keypoint_mse` (or ``loss_fn(targets,
+    outputs) -> (b,)`` per-example losses, e.g. :func:`trainer.losses.make_loss_fn`
+    of a bottom-up config) averaged over the *global*
+    batch (``tf.nn.compute_average_loss``), scaled for a ``LossScaleOptimizer``;
+    the optimizer applies the gradients. Run it through ``strategy.run`` (or
+    directly, on one device, where ``global_batch`` is the batch size).
+    """
+    if loss_fn is None:
+        def loss_fn(targets, outputs):
+            return losses.keypoint_mse(targets["heatmaps"], outputs, targets["target_weight"], ohkm_topk)
+
+    def step_fn(inputs, targets):
+        with tf.GradientTape() as tape:
+            outputs = model(inputs["image"], training=True)
+            per_example = loss_fn(targets, outputs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+    return step_fn
+
+
 def train(config: Mapping[str, Any],
           model_fn: Callable[[], Any],
           dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
@@ -203,22 +233,14 @@ def train(config: Mapping[str, Any],
     writer = (tf.summary.create_file_writer(os.path.join(run_dir, TENSORBOARD_SUBDIR)) if chief
               else tf.summary.create_noop_writer())
     preview = None
-    if chief and codec is not None and start_step < total_steps:
+    if chief and codec is not None and start_step < total_steps and config.get("approach") != "bottom_up":
         preview_inputs, _ = next(iter(dataset_fn(tf.distribute.InputContext())))
         preview = preview_inputs["image"][:NUM_PREVIEW_IMAGES]
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dataset)
 
-    def step_fn(inputs, targets):
-        with tf.GradientTape() as tape:
-            outputs = model(inputs["image"], training=True)
-            per_example = losses.keypoint_mse(targets["heatmaps"], outputs, targets["target_weight"], ohkm_topk)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled_loss = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
+    step_fn = make_step_fn(model, optimizer, global_batch, ohkm_topk, losses.make_loss_fn(config))
 
     @tf.function
     def train_step(iterator):
@@ -267,7 +289,8 @@ def train(config: Mapping[str, Any],
                     timed_steps += interval_steps
                     timed_seconds += elapsed
                 history.append((current, mean_loss))
-                learning_rate = float(schedule(current - 1))
+                # The rate of the last update, from the optimizer's own (checkpointed) step counter.
+                learning_rate = float(schedule(tf.maximum(optimizer.iterations - 1, 0)))
                 log(f"step {current}/{total_steps}  loss {mean_loss:.6g}  lr {learning_rate:.3g}  "
                     f"{steps_per_second:.2f} steps/s  {steps_per_second * global_batch:.1f} examples/s")
                 write_scalar("train/loss", mean_loss, current)
@@ -298,8 +321,14 @@ def train(config: Mapping[str, Any],
 
 
 def _write_preview(model, codec, images: tf.Tensor, step: int) -> None:
-    """TensorBoard image summary: crops with the predicted keypoints (red)."""
-    heatmaps = prediction(model(images, training=False))
+    """TensorBoard image summary: crops with the predicted keypoints (red); for models with
+    attention heads also ``train/attention``: the crops with their attention maps blended over them."""
+    with_attention = attention_model(model)
+    if with_attention is None:
+        heatmaps = prediction(model(images, training=False))
+    else:
+        heatmaps, attention = with_attention(images, training=False)
+        write_images("train/attention", blend_maps(np.asarray(images), np.asarray(attention)), step)
     keypoints, scores = codec.decode(np.asarray(tf.cast(heatmaps, tf.float32)))
     drawn = draw_keypoints(np.asarray(images), keypoints, scores)
     write_images("train/predicted_keypoints", drawn, step)
