@@ -185,3 +185,17 @@ def test_input_fingerprint_follows_the_real_inputs(tmp_path):
     assert local_runner.input_fingerprint(inputs, "a") != changed
     remote = dict(inputs, train_images="gs://bucket/images")
     assert local_runner.input_fingerprint(remote, "a") == "run:a"    # not checkable: no cache hit
+
+
+def test_compile_the_bottom_up_pipeline(tmp_path):
+    job, spec = compile_job(tmp_path / "bu.json", "--approach", "bottom_up", "--data", "coco",
+                            "--coco-root", "gs://data-bucket/coco")
+    tasks = spec.root.dag.tasks
+    example_gen = json.loads(
+        tasks["PoseExampleGen"].inputs.parameters["config_json"].runtime_value.constant_value.string_value)
+    assert example_gen["approach"] == "bottom_up" and example_gen["bottom_up"]["max_people"] == 30
+    trainer = json.loads(tasks["Trainer"].inputs.parameters["custom_config"].runtime_value.constant_value.string_value)
+    assert trainer["config"]["model"]["name"] == "bottom_up"
+    assert trainer["config"]["eval"]["thresholds"]["AP"]["lower_bound"] == configs.BOTTOM_UP_COCO_THRESHOLDS[
+        "AP"]["lower_bound"]
+    assert job["runtimeConfig"]["parameters"]["det_file"]["stringValue"] == ""
