@@ -194,8 +194,9 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     ``--config``) must agree with it.
 
     Raises:
-        ValueError: no ``predict_image`` / ``heatmaps`` signature, no schema with K
-            joints, or ``dataset`` has another joint count.
+        ValueError: no ``predict_image`` / ``heatmaps`` signature, a bottom-up model
+            (``predict_image`` without ``boxes``), no schema with K joints, or
+            ``dataset`` has another joint count.
     """
     import tensorflow as tf
 
@@ -208,6 +209,10 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
         raise ValueError(f"{saved_model_dir}: the SavedModel has no {missing} signature(s) "
                          f"(has {sorted(loaded.signatures)}); export it with trainer/export.py")
     signature = loaded.signatures[serving.PREDICT_IMAGE]
+    if serving.INPUT_BOXES not in signature.structured_input_signature[1]:
+        raise ValueError(f"{saved_model_dir}: a bottom-up (box-free) model: its predict_image takes the image alone "
+                         "and returns the people it finds; pipeline.predict runs top-down models (image + boxes). "
+                         "Call the bottom-up predict_image directly (docs/bottom_up.md, docs/serving.md)")
     num_joints = signature.structured_outputs[serving.OUTPUT_KEYPOINTS].shape[1]
     crops = loaded.signatures[serving.HEATMAPS].structured_input_signature[1][serving.INPUT_IMAGES]
     input_size = tuple(int(v) for v in crops.shape[1:3])

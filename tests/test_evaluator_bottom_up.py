@@ -107,3 +107,11 @@ def test_against_a_baseline_with_fewer_people(scene, tmp_path):
 def test_gt_file_is_required(scene, tmp_path):
     with pytest.raises(ValueError, match="gt_annotations .* required for approach bottom_up"):
         evaluator.run_evaluator(scene["all_people"], scene["examples"], scene["config"], str(tmp_path / "b"))
+
+
+def test_pipeline_predict_names_a_bottom_up_model_instead_of_failing(scene, tmp_path, capsys):
+    from pipeline import predict
+
+    code = predict.main(["--model", scene["all_people"], "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert code == 2 and "a bottom-up (box-free) model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
