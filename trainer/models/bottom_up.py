@@ -92,7 +92,7 @@ from keras import layers
 from schemas import bottom_up as bottom_up_schema
 from schemas.keypoints import get_schema
 from trainer.models.common import batch_norm, merge_options, normalized_input
-from trainer.models.simple_baseline import BOTTLENECK_EXPANSION, STAGE_FILTERS, STAGES
+from trainer.models.simple_baseline import STAGES, conv_bn, resnet_backbone
 
 MODEL_KEYS = {
     "name": "bottom_up",
@@ -107,9 +107,8 @@ UPSAMPLE_KINDS = ("features", "outputs")
 OUTPUT_STRIDES = (8, 16)
 HEAD_NAMES = ("heatmaps", "short_offsets", "mid_offsets", "body")
 
-# He (fan-out) for the backbone as torchvision; N(0, 0.001) for the output convs (small initial outputs,
-# like SimpleBaseline's head).
-_BACKBONE_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+# N(0, 0.001) for the output convs (small initial outputs, like SimpleBaseline's head); the trunk is
+# SimpleBaseline's ResNet builder (He fan-out, as torchvision) in its atrous form.
 _HEAD_INIT_STDDEV = 0.001
 
 
@@ -133,83 +132,6 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     if options["upsample"] not in UPSAMPLE_KINDS:
         raise ValueError(f"model.upsample must be one of {list(UPSAMPLE_KINDS)}, got {options['upsample']!r}")
     return options
-
-
-def _conv_bn(x, filters: int, kernel_size: int, strides: int, dilation: int, name: str, synchronized: bool,
-             relu: bool = True):
-    """Conv (PyTorch-style symmetric padding, no bias) + BN (+ ReLU); atrous when ``dilation`` > 1.
-
-    (B, H, W, C) -> (B, ceil(H / s), ceil(W / s), filters). Strided convs are
-    explicitly zero-padded by ``kernel_size // 2`` (torchvision), so output
-    pixel ``j`` is centred on input pixel ``s * j``; stride-1 convs use "same"
-    padding, which for odd kernels is the symmetric ``dilation * (k // 2)``.
-    """
-    padding = kernel_size // 2
-    if strides > 1:
-        if padding:
-            x = layers.ZeroPadding2D(padding, name=name + "_pad")(x)
-        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
-                          kernel_initializer=_BACKBONE_INIT, name=name + "_conv")(x)
-    else:
-        x = layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation, use_bias=False,
-                          kernel_initializer=_BACKBONE_INIT, name=name + "_conv")(x)
-    x = batch_norm(name + "_bn", synchronized)(x)
-    if relu:
-        x = layers.Activation("relu", name=name + "_relu")(x)
-    return x
-
-
-def _basic_block(x, filters: int, strides: int, dilation: int, name: str, synchronized: bool):
-    """ResNet basic block, atrous 3x3s. (B, H, W, C) -> (B, H/s, W/s, filters)."""
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, 1, name + "_0", synchronized, relu=False)
-    x = _conv_bn(x, filters, 3, strides, dilation, name + "_1", synchronized)
-    x = _conv_bn(x, filters, 3, 1, dilation, name + "_2", synchronized, relu=False)
-    x = layers.Add(name=name + "_add")([shortcut, x])
-    return layers.Activation("relu", name=name + "_out")(x)
-
-
-def _bottleneck_block(x, filters: int, strides: int, dilation: int, name: str, synchronized: bool):
-    """ResNet bottleneck (v1.5: stride on the 3x3), atrous 3x3. (B, H, W, C) -> (B, H/s, W/s, 4 * filters)."""
-    out_filters = filters * BOTTLENECK_EXPANSION
-    shortcut = x
-    if strides != 1 or x.shape[-1] != out_filters:
-        shortcut = _conv_bn(x, out_filters, 1, strides, 1, name + "_0", synchronized, relu=False)
-    x = _conv_bn(x, filters, 1, 1, 1, name + "_1", synchronized)
-    x = _conv_bn(x, filters, 3, strides, dilation, name + "_2", synchronized)
-    x = _conv_bn(x, out_filters, 1, 1, 1, name + "_3", synchronized, relu=False)
-    x = layers.Add(name=name + "_add")([shortcut, x])
-    return layers.Activation("relu", name=name + "_out")(x)
-
-
-def dense_resnet(x, depth: int, num_stages: int, output_stride: int, synchronized: bool = False):
-    """Atrous ResNet-``depth``. (B, H, W, 3) normalised -> (B, ceil(H / s), ceil(W / s), C).
-
-    ``s`` = min(``output_stride``, 2 ** (``num_stages`` + 1)): the stem and the
-    stages stride as torchvision's ResNet until the running stride reaches
-    ``output_stride``; every later stage has stride 1 and twice the dilation of
-    the one before (the first block of such a stage included, DeepLab's
-    "atrous" ResNet). Layer names are torchvision's order in Keras spelling
-    (``conv1``, ``conv{stage}_block{n}_{i}``), as :mod:`trainer.models.simple_baseline`.
-    """
-    kind, blocks_per_stage = STAGES[depth]
-    block = _basic_block if kind == "basic" else _bottleneck_block
-    x = _conv_bn(x, 64, 7, 2, 1, "conv1", synchronized)
-    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    stride, dilation = 4, 1
-    for stage, (filters, num_blocks) in enumerate(zip(STAGE_FILTERS[:num_stages], blocks_per_stage[:num_stages])):
-        stage_stride = 1
-        if stage > 0:
-            if stride < output_stride:
-                stage_stride, stride = 2, stride * 2
-            else:
-                dilation *= 2
-        for index in range(num_blocks):
-            x = block(x, filters, stage_stride if index == 0 else 1, dilation,
-                      f"conv{stage + 2}_block{index + 1}", synchronized)
-    return x
 
 
 def bilinear_upsampling_kernel(channels: int) -> np.ndarray:
@@ -284,18 +206,18 @@ def build(config: Mapping[str, Any]) -> keras.Model:
     synchronized = options["sync_batchnorm"]
 
     inputs, x = normalized_input(input_height, input_width)
-    x = dense_resnet(x, options["depth"], options["backbone_stages"], output_stride, synchronized)
+    x = resnet_backbone(x, options["depth"], options["backbone_stages"], synchronized, output_stride=output_stride)
     octaves = {1: 0, 2: 1, 4: 2}[backbone_stride // heatmap_stride]
     upsample_features = octaves > 0 and options["upsample"] == "features"
     if upsample_features and not options["head_filters"]:
         raise ValueError("model.upsample: features needs model.head_filters > 0 (the features are reduced to "
                          "head_filters channels before the upsampling); use upsample: outputs")
     if upsample_features:
-        x = _conv_bn(x, options["head_filters"], 1, 1, 1, "head_reduce", synchronized)
+        x = conv_bn(x, options["head_filters"], 1, 1, "head_reduce", synchronized)
         for index in range(octaves):
             x = aligned_upsample(x, f"upsample{index + 1}")
     if options["head_filters"]:
-        x = _conv_bn(x, options["head_filters"], 3, 1, 1, "head", synchronized)
+        x = conv_bn(x, options["head_filters"], 3, 1, "head", synchronized)
     widths = (num_joints, 2 * num_joints, 2 * num_directed_edges, 1)   # schemas.bottom_up layout
     outputs = [layers.Conv2D(width, 1, name=f"head_{name}", dtype="float32",
                              kernel_initializer=keras.initializers.RandomNormal(stddev=_HEAD_INIT_STDDEV))(x)

@@ -137,60 +137,86 @@ def model_options(config: Mapping[str, Any]) -> Dict[str, Any]:
     return options
 
 
-def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchronized: bool, relu: bool = True):
-    """Conv (PyTorch-style symmetric padding, no bias) + BN (+ ReLU). (B, H, W, C) -> (B, H/s, W/s, filters)."""
+BACKBONE_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+"""He (fan-out) initialisation of the ResNet convolutions, as torchvision."""
+
+
+def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, synchronized: bool, relu: bool = True,
+            dilation: int = 1):
+    """Conv (PyTorch-style symmetric padding, no bias) + BN (+ ReLU); atrous when ``dilation`` > 1.
+
+    (B, H, W, C) -> (B, ceil(H / s), ceil(W / s), filters). Strided convs with a
+    kernel above 1 are explicitly zero-padded by ``kernel_size // 2`` (torchvision),
+    so output pixel ``j`` is centred on input pixel ``s * j``; the others use
+    "same" padding, which for odd kernels is the symmetric ``dilation * (k // 2)``.
+    Strided convs are never dilated (:func:`resnet_backbone` dilates only stride-1 stages).
+    """
     padding = kernel_size // 2
     if padding and strides > 1:
         x = layers.ZeroPadding2D(padding, name=name + "_pad")(x)
         x = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", use_bias=False,
-                          kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-                          name=name + "_conv")(x)
+                          kernel_initializer=BACKBONE_INIT, name=name + "_conv")(x)
     else:
-        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                          kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-                          name=name + "_conv")(x)
+        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", dilation_rate=dilation,
+                          use_bias=False, kernel_initializer=BACKBONE_INIT, name=name + "_conv")(x)
     x = batch_norm(name + "_bn", synchronized)(x)
     if relu:
         x = layers.Activation("relu", name=name + "_relu")(x)
     return x
 
 
-def basic_block(x, filters: int, strides: int, name: str, synchronized: bool = False):
-    """ResNet basic block: two 3x3 convs. (B, H, W, C) -> (B, H/s, W/s, filters)."""
+def basic_block(x, filters: int, strides: int, name: str, synchronized: bool = False, dilation: int = 1):
+    """ResNet basic block: two (atrous) 3x3 convs. (B, H, W, C) -> (B, H/s, W/s, filters)."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, name + "_0", synchronized, relu=False)
-    x = _conv_bn(x, filters, 3, strides, name + "_1", synchronized)
-    x = _conv_bn(x, filters, 3, 1, name + "_2", synchronized, relu=False)
+        shortcut = conv_bn(x, filters, 1, strides, name + "_0", synchronized, relu=False)
+    x = conv_bn(x, filters, 3, strides, name + "_1", synchronized, dilation=dilation)
+    x = conv_bn(x, filters, 3, 1, name + "_2", synchronized, relu=False, dilation=dilation)
     x = layers.Add(name=name + "_add")([shortcut, x])
     return layers.Activation("relu", name=name + "_out")(x)
 
 
-def bottleneck_block(x, filters: int, strides: int, name: str, synchronized: bool = False):
-    """ResNet bottleneck (v1.5, stride on the 3x3). (B, H, W, C) -> (B, H/s, W/s, 4 * filters)."""
+def bottleneck_block(x, filters: int, strides: int, name: str, synchronized: bool = False, dilation: int = 1):
+    """ResNet bottleneck (v1.5, stride on the (atrous) 3x3). (B, H, W, C) -> (B, H/s, W/s, 4 * filters)."""
     out_filters = filters * BOTTLENECK_EXPANSION
     shortcut = x
     if strides != 1 or x.shape[-1] != out_filters:
-        shortcut = _conv_bn(x, out_filters, 1, strides, name + "_0", synchronized, relu=False)
-    x = _conv_bn(x, filters, 1, 1, name + "_1", synchronized)
-    x = _conv_bn(x, filters, 3, strides, name + "_2", synchronized)
-    x = _conv_bn(x, out_filters, 1, 1, name + "_3", synchronized, relu=False)
+        shortcut = conv_bn(x, out_filters, 1, strides, name + "_0", synchronized, relu=False)
+    x = conv_bn(x, filters, 1, 1, name + "_1", synchronized)
+    x = conv_bn(x, filters, 3, strides, name + "_2", synchronized, dilation=dilation)
+    x = conv_bn(x, out_filters, 1, 1, name + "_3", synchronized, relu=False)
     x = layers.Add(name=name + "_add")([shortcut, x])
     return layers.Activation("relu", name=name + "_out")(x)
 
 
-def resnet_backbone(x, depth: int, num_stages: int = 4, synchronized: bool = False):
-    """ResNet-``depth`` feature extractor. (B, H, W, 3) normalised -> (B, H/s, W/s, C), s = 2**(num_stages + 1)."""
+def resnet_backbone(x, depth: int, num_stages: int = 4, synchronized: bool = False,
+                    output_stride: int | None = None):
+    """ResNet-``depth`` feature extractor. (B, H, W, 3) normalised -> (B, ceil(H / s), ceil(W / s), C).
+
+    ``s`` = 2**(``num_stages`` + 1), or min(that, ``output_stride``) for the
+    atrous variant (the bottom-up model, :mod:`trainer.models.bottom_up`): the
+    stages stride as torchvision's ResNet until the running stride reaches
+    ``output_stride``; every later stage has stride 1 and twice the dilation of
+    the one before (its first block included; DeepLab's atrous ResNet). Layer
+    names are torchvision's order in Keras spelling (``conv1``,
+    ``conv{stage}_block{n}_{i}``), what the checkpoint importer maps.
+    """
     kind, blocks_per_stage = STAGES[depth]
-    blocks_per_stage = blocks_per_stage[:num_stages]
     block = basic_block if kind == "basic" else bottleneck_block
-    x = _conv_bn(x, 64, 7, 2, "conv1", synchronized)
+    x = conv_bn(x, 64, 7, 2, "conv1", synchronized)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
-    for stage, (filters, num_blocks) in enumerate(zip(STAGE_FILTERS, blocks_per_stage)):
+    stride, dilation = 4, 1
+    for stage, (filters, num_blocks) in enumerate(zip(STAGE_FILTERS, blocks_per_stage[:num_stages])):
+        stage_stride = 1
+        if stage > 0:
+            if output_stride is None or stride < output_stride:
+                stage_stride, stride = 2, stride * 2
+            else:
+                dilation *= 2
         for index in range(num_blocks):
-            strides = 2 if stage > 0 and index == 0 else 1
-            x = block(x, filters, strides, f"conv{stage + 2}_block{index + 1}", synchronized)
+            x = block(x, filters, stage_stride if index == 0 else 1, f"conv{stage + 2}_block{index + 1}",
+                      synchronized, dilation=dilation)
     return x
 
 
