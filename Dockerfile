@@ -22,13 +22,14 @@ WORKDIR /pipeline
 # Dependencies first (cached layer): the lock constrains the ranges in setup.py, with the
 # image's own tfx kept.
 COPY requirements.lock setup.py README.md ./
-RUN mkdir -p pose schemas trainer/models components pipeline \
-    && touch pose/__init__.py schemas/__init__.py trainer/__init__.py trainer/models/__init__.py \
+RUN mkdir -p toolkit pose schemas trainer/models components pipeline \
+    && touch toolkit/__init__.py pose/__init__.py schemas/__init__.py trainer/__init__.py trainer/models/__init__.py \
              components/__init__.py pipeline/__init__.py \
     && pip install -c requirements.lock . \
     && pip uninstall -y darkpose-tf
 
 # The project itself (non-editable: the executors import it from site-packages).
+COPY toolkit/ toolkit/
 COPY pose/ pose/
 COPY schemas/ schemas/
 COPY trainer/ trainer/
@@ -37,4 +38,4 @@ COPY pipeline/ pipeline/
 COPY configs/ configs/
 COPY pipeline.py ./
 RUN pip install --no-deps -c requirements.lock . \
-    && python -c "import pose, schemas, trainer, components.tfx_components, pipeline.pipeline, tfx.v1, kfp"
+    && python -c "import toolkit.cli, pose, schemas, trainer, components.tfx_components, pipeline.pipeline, tfx.v1, kfp"

@@ -14,8 +14,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import cli  # noqa: E402  (after the path set-up)
-from pipeline.local_runner import main  # noqa: E402
+from toolkit import cli, quiet  # noqa: E402  (after the path set-up)
 
 if __name__ == "__main__":
+    quiet.install()  # library start-up noise off the default output (DARKPOSE_DEBUG=1 shows it)
+    from pipeline.local_runner import main
+
     sys.exit(cli.run(main, prog="pipeline.py"))

@@ -31,7 +31,7 @@ setup(
         "TF/Keras trainer, COCO/MPII evaluator with a blessing gate, pusher."
     ),
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
+    packages=find_packages(include=["toolkit*", "pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
     include_package_data=True,
     package_data={"": ["*.yaml"]},
     install_requires=RUNTIME_REQUIREMENTS,

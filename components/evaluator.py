@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from components import blessing as blessing_lib
 from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
-from pipeline import cli
+from toolkit import cli
 from schemas import examples as examples_layout
 from schemas import jsonio
 from schemas import features as record_features

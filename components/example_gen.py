@@ -1,7 +1,7 @@
 """ExampleGen: COCO / MPII annotations -> person-crop TFRecords, on Apache Beam.
 
 Command line (at least one split; Beam flags pass through unchanged, any other
-flag stops the command with exit status 2, see ``pipeline/cli.py``)::
+flag stops the command with exit status 2, see ``toolkit/cli.py``)::
 
     python -m components.example_gen --dataset coco \\
         --train-annotations person_keypoints_train2017.json --train-images train2017/ \\
@@ -56,7 +56,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from components import ingest_core as core
-from pipeline import cli
+from toolkit import cli
 from schemas import examples as examples_layout
 from schemas import jsonio
 
@@ -343,7 +343,7 @@ def build_pipeline_bottom_up(pipeline: beam.Pipeline, tasks_file: str, config: M
 # --------------------------------------------------------------------------
 
 def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
-    """Beam options from command-line flags with the local DirectRunner defaults (:func:`pipeline.cli.local_beam_flags`)."""
+    """Beam options from command-line flags with the local DirectRunner defaults (:func:`toolkit.cli.local_beam_flags`)."""
     options = PipelineOptions(cli.local_beam_flags(beam_args))
     if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         # Worker processes import this package: make sure they can find it.
@@ -622,7 +622,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
 # --------------------------------------------------------------------------
 
 def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
-    """Our flags and the Beam flags; exits 2 naming any flag that is neither (see ``pipeline/cli.py``)."""
+    """Our flags and the Beam flags; exits 2 naming any flag that is neither (see ``toolkit/cli.py``)."""
     parser = cli.ArgumentParser(
         prog="python -m components.example_gen",
         description="COCO/MPII annotations -> person-crop TFRecords (TFX layout) with DARK heatmaps. "

@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from pipeline import cli
+from toolkit import cli
 from schemas import examples as examples_layout
 
 TILE_BORDER = 4

@@ -54,7 +54,7 @@ from typing import Any, Dict, List, Mapping
 import tensorflow as tf
 
 from components.blessing import BlessingError, read_blessing
-from pipeline import cli
+from toolkit import cli
 from schemas.serving import SAVED_MODEL_DIR
 from schemas import jsonio
 

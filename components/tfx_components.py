@@ -119,7 +119,7 @@ class PoseExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.example_gen import run_example_gen
-        from pipeline import cli
+        from toolkit import cli
 
         # beam_pipeline_args edited in a compiled spec: stop naming the flag, before any work (issue 12).
         cli.check_beam_flags(list(self._beam_pipeline_args or []))
@@ -190,7 +190,7 @@ class PoseEvaluatorExecutor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from components.evaluator import EVALUATION_DIR, run_evaluator
-        from pipeline import cli
+        from toolkit import cli
 
         cli.check_beam_flags(list(self._beam_pipeline_args or []))
         examples = artifact_utils.get_single_instance(input_dict["examples"])

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from typing import List
 
-from pipeline import cli
+from toolkit import cli
 from schemas import jsonio
 
 EXIT_BLESSED, EXIT_NOT_BLESSED, EXIT_ERROR = 0, 1, 2

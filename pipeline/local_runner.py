@@ -14,9 +14,9 @@ recognises (``--runner``, ``--direct_num_workers``, ``--direct_running_mode``,
 Dataflow's ``--project``/``--region``/``--temp_location``/``--setup_file`` ...);
 it goes unchanged to the Beam steps (ExampleGen, Evaluator). Any other flag
 (a typo, a prefix of a flag) stops the command before any work with exit
-status 2, naming the flag and its closest match (``pipeline/cli.py``).
+status 2, naming the flag and its closest match (``toolkit/cli.py``).
 ``--runner=DirectRunner`` (or no ``--runner``) gets the local defaults of
-:func:`pipeline.cli.local_beam_flags`: ``--direct_running_mode=in_memory`` unless
+:func:`toolkit.cli.local_beam_flags`: ``--direct_running_mode=in_memory`` unless
 a running mode is given, and ``--allow_unsafe_triggers``, which makes Beam's
 DirectRunner skip its Prism attempt (an sdist build and a download per Beam
 step) and run the FnApiRunner directly.
@@ -42,7 +42,8 @@ import sys
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
-from pipeline import cli, configs
+from pipeline import configs
+from toolkit import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,7 +123,7 @@ def beam_flags(extra: Sequence[str], own_options: Sequence[str] = ()) -> List[st
     Raises:
         cli.UsageError (a ``ValueError``): a flag that Beam's option parser
             does not recognise either, a stray argument, or a value Beam
-            rejects (see :func:`pipeline.cli.parse_beam_flags`).
+            rejects (see :func:`toolkit.cli.parse_beam_flags`).
     """
     cli.parse_beam_flags(list(extra), own_options)
     return cli.local_beam_flags(extra)

@@ -70,7 +70,7 @@ A run in which no image could be read writes nothing and exits with 2.
 
 Exit status: 0 done (skips are reported, not errors), 2 bad arguments or
 inputs (no model at ``--model``, unreadable det file, no readable image) or
-any other failure (:func:`pipeline.cli.run`).
+any other failure (:func:`toolkit.cli.run`).
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import cli
+from toolkit import cli
 
 RESULTS_FILE = "keypoint_results.json"
 SUMMARY_FILE = "predict_summary.json"

@@ -37,7 +37,7 @@ from typing import Dict, List
 import numpy as np
 
 from components import metrics_coco, metrics_mpii
-from pipeline import cli
+from toolkit import cli
 from schemas import jsonio
 
 

@@ -53,7 +53,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from pipeline import cli
+from toolkit import cli
 from schemas.keypoints import COCO
 from schemas import jsonio
 

@@ -5,7 +5,7 @@ frames and the sources); tests tie the two together numerically (float32
 here, float64 there). Only tensor ops, batched over any leading axes: works
 inside ``tf.function``, ``tf.data`` and a SavedModel, with no Python loop over
 batch, persons, joints or edges. Zero-padded persons (v = 0 everywhere, as
-:func:`schemas.bottom_up.decode_record_tf` pads) encode to nothing.
+:func:`schemas.bottom_up.parse_record_tf` pads) encode to nothing.
 
 Memory: the distance tensors are ``(..., N, H_out, W_out, K)`` and
 ``(..., N, H_out, W_out, 2E)`` float32: ~17 MB per image at N = 30, 65 x 65,
@@ -13,12 +13,14 @@ COCO; map over the batch (``tf.map_fn``) where that is too much.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import tensorflow as tf
 
 from pose import codec_tf
 from pose.bottom_up_codec import TargetGeometry, target_geometry
+from pose.images import decode_image_tf
+from schemas import bottom_up as layout
 
 
 def _first_min_one_hot(values: tf.Tensor, axis: int) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -121,3 +123,19 @@ def offset_weights(keypoints: tf.Tensor, config: Mapping[str, Any] | TargetGeome
     mid disk of directed edge e (multiply into the (dx, dy) pair of each).
     """
     return encode_with_weights(keypoints, config)[1]
+
+
+def decode_record_tf(serialized: tf.Tensor, config: Mapping[str, Any]) -> Dict[str, tf.Tensor]:
+    """Parses ONE serialized bottom-up record and decodes its image: what the trainer and the tests read.
+
+    :func:`schemas.bottom_up.parse_record_tf` (the record spec) with ``image/encoded`` replaced by
+    ``image`` (S, S, 3) uint8, decoded by :func:`pose.images.decode_image_tf` (the rule of ExampleGen and
+    ``predict_image``: JPEG with the accurate integer IDCT). Works in ``tf.data`` and in a SavedModel.
+
+    Raises:
+        tf.errors.InvalidArgumentError: the image is not S x S (``data.input_size``) or not JPEG/PNG.
+    """
+    record = layout.parse_record_tf(serialized, config)
+    size = int(config["data"]["input_size"][0])
+    record["image"] = tf.ensure_shape(decode_image_tf(record.pop("image/encoded")), [size, size, 3])
+    return record

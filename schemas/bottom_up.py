@@ -3,7 +3,8 @@
 One record is one *image* (not one person), resized and padded to the model's
 square input ``S x S`` (:func:`pose.coordinates.letterbox_affine`). ExampleGen
 ``--approach bottom_up`` writes it (:func:`build_example`); the trainer, the
-evaluator and the serving signature read it (:func:`decode_record_tf`). Bump
+evaluator and the serving signature read it (:func:`parse_record_tf`, and
+:func:`pose.bottom_up_codec_tf.decode_record_tf` with the image decoded). Bump
 :data:`SCHEMA_VERSION` on any layout change.
 
 Channel layout
@@ -95,7 +96,6 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from pose.images import decode_image_tf
 from schemas.keypoints import get_schema
 from schemas.features import bytes_feature, float_feature, int_feature
 
@@ -383,18 +383,19 @@ def _channel_major_tf(data: tf.Tensor, dtype, channels: int, height: int, width:
     return tf.transpose(tf.reshape(values, [channels, height, width]), [1, 2, 0])
 
 
-def decode_record_tf(serialized: tf.Tensor, config: Mapping[str, Any]) -> Dict[str, tf.Tensor]:
-    """Parses ONE serialized bottom-up record (a scalar string tensor) into dense tensors.
+def parse_record_tf(serialized: tf.Tensor, config: Mapping[str, Any]) -> Dict[str, tf.Tensor]:
+    """Parses ONE serialized bottom-up record (a scalar string tensor) into dense tensors, image still encoded.
 
-    Works in ``tf.data`` (``dataset.map(lambda s: decode_record_tf(s, config))``)
+    Works in ``tf.data`` (``dataset.map(lambda s: parse_record_tf(s, config))``)
     and in a SavedModel. Sizes come from ``config`` (``data.input_size``,
     ``data.heatmap_size``, ``bottom_up.max_people``, ``dataset``).
 
-    The image is decoded by :func:`pose.images.decode_image_tf` (the rule of
-    ExampleGen and ``predict_image``: JPEG with the accurate integer IDCT).
+    The image stays encoded (``image/encoded``): decoding it is the ``pose`` floor's job
+    (:func:`pose.bottom_up_codec_tf.decode_record_tf` decodes it by the project's one rule,
+    :func:`pose.images.decode_image_tf`), so this ground-floor record spec imports nothing above it.
 
     Returns:
-        dict with ``image`` (S, S, 3) uint8, ``targets`` (H, W, C) float32 in
+        dict with ``image/encoded`` () string (the S x S letterboxed image, JPEG or PNG), ``targets`` (H, W, C) float32 in
         the layout above, ``mask`` (H, W, 1) float32, ``keypoints``
         (N, K, 3) float32 (x, y in INPUT pixels, v flag; zero rows after
         ``num_people``; the first N stored persons, largest area first as
@@ -405,12 +406,10 @@ def decode_record_tf(serialized: tf.Tensor, config: Mapping[str, Any]) -> Dict[s
     """
     dataset = config["dataset"]
     joints = get_schema(dataset).num_joints
-    size = int(config["data"]["input_size"][0])
     height, width = (int(v) for v in config["data"]["heatmap_size"])
     max_people = int(config["bottom_up"]["max_people"])
     slices = channel_slices(dataset)
     parsed = tf.io.parse_single_example(serialized, feature_spec())
-    image = tf.ensure_shape(decode_image_tf(parsed["image/encoded"]), [size, size, 3])  # the project's one rule
     maps = tf.cast(_channel_major_tf(parsed["targets/heatmaps"], tf.uint16, joints + 1, height, width),
                    tf.float32) * (1.0 / HEATMAP_SCALE)
     num_offsets = slices["mid"].stop - slices["short"].start
@@ -425,7 +424,7 @@ def decode_record_tf(serialized: tf.Tensor, config: Mapping[str, Any]) -> Dict[s
     areas = tf.pad(tf.sparse.to_dense(parsed["person/area"])[:count], [[0, pad]])
     ids = tf.pad(tf.sparse.to_dense(parsed["person/annotation_id"])[:count], [[0, pad]], constant_values=-1)
     return {
-        "image": image,
+        "image/encoded": parsed["image/encoded"],
         "targets": tf.ensure_shape(targets, [height, width, slices["body"].stop]),
         "mask": mask,
         "keypoints": tf.ensure_shape(keypoints, [max_people, joints, 3]),

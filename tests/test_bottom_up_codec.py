@@ -232,7 +232,7 @@ def test_storage_round_trip_and_record_parsing():
         "image/id": 7, "image/height": 480, "image/width": 640, "input/size": 129,
         "affine": coordinates.letterbox_affine(480, 640, 129), "targets": targets, "mask": mask,
         "person/annotation_id": [11, 12, 13], "person/area": [100.0, 200.0, 300.0], "person/keypoints": people})
-    record = layout.decode_record_tf(tf.constant(example.SerializeToString()), config)
+    record = codec_tf.decode_record_tf(tf.constant(example.SerializeToString()), config)
     assert record["image"].shape == (129, 129, 3) and record["image"].dtype == tf.uint8
     np.testing.assert_allclose(record["targets"].numpy(), decoded, atol=1e-6)
     np.testing.assert_array_equal(record["mask"].numpy()[..., 0], mask)
@@ -252,7 +252,7 @@ def test_storage_round_trip_and_record_parsing():
         "affine": coordinates.letterbox_affine(129, 129, 129), "targets": codec.encode(np.zeros((0, 17, 3)), config),
         "mask": np.ones((33, 33)), "person/annotation_id": [], "person/area": [],
         "person/keypoints": np.zeros((0, 17, 3))})
-    record = layout.decode_record_tf(tf.constant(empty.SerializeToString()), config)
+    record = codec_tf.decode_record_tf(tf.constant(empty.SerializeToString()), config)
     assert int(record["num_people"]) == 0 and not record["keypoints"].numpy().any()
     assert not record["targets"].numpy().any() and record["keypoints"].shape == (5, 17, 3)
     with pytest.raises(ValueError, match="missing keys"):

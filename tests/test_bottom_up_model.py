@@ -81,7 +81,7 @@ def synthetic_examples(tmp_path_factory):
 
 
 def _decoded_batch(records, config):
-    decoded = [layout.decode_record_tf(tf.constant(record), config) for record in records]
+    decoded = [bottom_up_codec_tf.decode_record_tf(tf.constant(record), config) for record in records]
     return {key: tf.stack([example[key] for example in decoded]) for key in decoded[0]}
 
 

@@ -1,4 +1,4 @@
-"""Command-line flags of every CLI (issue 12 section 5) and the exit-2 wrapper (pipeline/cli.py).
+"""Command-line flags of every CLI (issue 12 section 5) and the exit-2 wrapper (toolkit/cli.py).
 
 A flag that is neither the command's own nor a pipeline option recognised by
 Beam's option parser stops the command before any work with exit status 2,
@@ -15,7 +15,7 @@ import pytest
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, DebugOptions)
 
-from pipeline import cli
+from toolkit import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from components import data_validation
-from pipeline import cli
+from toolkit import cli
 
 
 def _statistics(tmp_path, name, areas, scores, visibility):

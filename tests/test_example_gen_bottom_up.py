@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from components import example_gen, ingest_bottom_up, ingest_core
 from pipeline import synthetic
-from pose import bottom_up_codec, coordinates
+from pose import bottom_up_codec, bottom_up_codec_tf, coordinates
 from pose.config import build_config
 from schemas import bottom_up as layout
 
@@ -38,10 +38,10 @@ def _paths(shared_data):
 
 
 def read_records(out_dir, split, config):
-    """All records of a split, decoded with schemas.bottom_up.decode_record_tf, as dicts of NumPy values."""
+    """All records of a split, decoded with pose.bottom_up_codec_tf.decode_record_tf, as dicts of NumPy values."""
     files = sorted(glob.glob(os.path.join(out_dir, f"Split-{split}", "data_tfrecord-*-of-*.gz")))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
-        lambda serialized: layout.decode_record_tf(serialized, config))
+        lambda serialized: bottom_up_codec_tf.decode_record_tf(serialized, config))
     return [{key: value.numpy() for key, value in record.items()} for record in dataset]
 
 
@@ -225,5 +225,5 @@ def test_record_bytes_are_deterministic(shared_data, config):
     # the record's image decodes to the same pixels in TF (pose.images rule) as in ExampleGen's Pillow decoder
     example = tf.train.Example.FromString(first[0])
     encoded = example.features.feature["image/encoded"].bytes_list.value[0]
-    decoded = layout.decode_record_tf(tf.constant(first[0]), config)["image"].numpy()
+    decoded = bottom_up_codec_tf.decode_record_tf(tf.constant(first[0]), config)["image"].numpy()
     np.testing.assert_array_equal(decoded, ingest_core.decode_image(encoded, 10**8))

@@ -69,5 +69,5 @@ def test_dockerfile_uses_the_tfx_image_of_the_locked_version():
         dockerfile = handle.read()
     assert f"ARG TFX_IMAGE=gcr.io/tfx-oss-public/tfx:{tfx_pin}" in dockerfile
     assert "FROM ${TFX_IMAGE}" in dockerfile
-    for package in ("pose", "schemas", "trainer", "components", "pipeline"):
+    for package in ("toolkit", "pose", "schemas", "trainer", "components", "pipeline"):
         assert f"COPY {package}/ {package}/" in dockerfile

@@ -6,7 +6,8 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline import cli, configs, local_runner
+from pipeline import configs, local_runner
+from toolkit import cli
 from pipeline.pipeline import create_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -2,7 +2,7 @@
 
 A bottom-up record holds the letterboxed ``S x S`` input image, every
 person's keypoints in input pixels and a loss mask at the output stride
-(:func:`schemas.bottom_up.decode_record_tf`). Each example of a batch gets one
+(:func:`pose.bottom_up_codec_tf.decode_record_tf`). Each example of a batch gets one
 random affine of the input square (in input pixels, :mod:`pose.coordinates`
 convention), built like the top-down one (:func:`trainer.augment.transform_matrix`):
 

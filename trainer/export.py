@@ -69,7 +69,9 @@ from pose.images import decode_image_tf
 from pose.codec import HeatmapCodec
 from schemas import features, serving
 from schemas.keypoints import get_schema
+from trainer import export_bottom_up
 from trainer.models import attention_model, prediction
+from trainer.saved_model_variables import track_captured_variables
 
 PRECISIONS = ("float32", "bfloat16")
 # Keras dtype policy of the exported network per export precision.
@@ -327,7 +329,7 @@ class PoseServingModule(tf.Module):
     def __init__(self, model, config: Mapping[str, Any], codec: HeatmapCodec):
         super().__init__(name="pose_serving")
         # Held without automatic tracking: the SavedModel tracks the variables the
-        # signatures capture (track_captured_variables), not the Keras objects.
+        # signatures capture (trainer.saved_model_variables), not the Keras objects.
         object.__setattr__(self, "_keras_model", model)
         # image -> [heatmaps, attention maps] sharing the model's layers, or None (no attention heads).
         object.__setattr__(self, "_attention_model", attention_model(model))
@@ -357,26 +359,6 @@ class PoseServingModule(tf.Module):
     def model(self):
         """The Keras model (not part of the SavedModel's object graph; see the module docstring)."""
         return self._keras_model
-
-    def track_captured_variables(self, functions) -> int:
-        """Tracks, as ``model_variables``, every ``tf.Variable`` that ``functions`` capture.
-
-        Call it with the traced concrete functions of the signatures before
-        saving, so that the SavedModel's checkpoint and its session-loader
-        restore ops hold exactly the variables the graph reads (once each).
-
-        Args:
-            functions: iterable of concrete functions (``.variables``).
-
-        Returns:
-            the number of variables tracked.
-        """
-        captured = {}
-        for function in functions:
-            for variable in function.variables:
-                captured.setdefault(id(variable), variable)
-        self.model_variables = list(captured.values())
-        return len(self.model_variables)
 
     # -- building blocks ------------------------------------------------------
     @property
@@ -515,7 +497,6 @@ def export_serving_model(model, config: Mapping[str, Any], codec: HeatmapCodec, 
     check_precision(precision, force)
     model = serving_network(model, config, precision)
     if config.get("approach") == "bottom_up":  # whole images, people decoded in the graph (issue 16)
-        from trainer import export_bottom_up
         return export_bottom_up.export_serving_model(model, config, export_dir)
     height, width = codec.input_size
     input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
@@ -532,7 +513,7 @@ def export_serving_model(model, config: Mapping[str, Any], codec: HeatmapCodec, 
         serving.PREDICT_IMAGE: module.predict_image.get_concrete_function(),
         serving.HEATMAPS: probe,
     }
-    module.track_captured_variables(signatures.values())
+    track_captured_variables(module, signatures.values())
     tf.saved_model.save(module, export_dir, signatures=signatures)
     return export_dir
 
@@ -582,7 +563,7 @@ def export_keras_model(keras_path: str, config: Mapping[str, Any], export_dir: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline import cli
+    from toolkit import cli
     from pose.config import load_config
 
     parser = cli.ArgumentParser(prog="python -m trainer.export",
@@ -616,6 +597,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline import cli as _cli
+    from toolkit import cli as _cli
 
     sys.exit(_cli.run(main, prog="python -m trainer.export"))

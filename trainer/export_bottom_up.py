@@ -41,8 +41,8 @@ from pose import bottom_up_decode_tf, coordinates
 from pose.images import decode_image_tf
 from schemas import bottom_up as bottom_up_schema
 from schemas import serving
-from trainer.export import PoseServingModule
 from trainer.models import prediction
+from trainer.saved_model_variables import track_captured_variables
 
 
 class BottomUpServingModule(tf.Module):
@@ -80,9 +80,6 @@ class BottomUpServingModule(tf.Module):
     def num_channels(self) -> int:
         """C of the bottom-up layout (:func:`schemas.bottom_up.num_channels`)."""
         return self._channels
-
-    # Tracks, as ``model_variables``, the variables the traced signatures capture (one owner: the top-down module).
-    track_captured_variables = PoseServingModule.track_captured_variables
 
     # -- building blocks ------------------------------------------------------
     def _run_model(self, images: tf.Tensor) -> tf.Tensor:
@@ -176,6 +173,6 @@ def export_serving_model(model, config: Mapping[str, Any], export_dir: str) -> s
         serving.PREDICT_IMAGE: module.predict_image.get_concrete_function(),
         serving.HEATMAPS: module.heatmaps.get_concrete_function(),
     }
-    module.track_captured_variables(signatures.values())
+    track_captured_variables(module, signatures.values())
     tf.saved_model.save(module, export_dir, signatures=signatures)
     return export_dir

@@ -56,7 +56,7 @@ from typing import Dict, Sequence
 import keras
 from keras import layers
 
-from pipeline import cli
+from toolkit import cli
 
 
 def _spatial(shape: Sequence, layer_name: str) -> Sequence[int]:

@@ -541,7 +541,7 @@ def import_checkpoint(checkpoint: str, config: Mapping[str, Any], model_dir: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline import cli
+    from toolkit import cli
     from pose.config import load_config
 
     parser = cli.ArgumentParser(prog="python -m trainer.import_weights",
@@ -576,6 +576,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline import cli as _cli
+    from toolkit import cli as _cli
 
     sys.exit(_cli.run(main, prog="python -m trainer.import_weights"))

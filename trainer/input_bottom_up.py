@@ -2,7 +2,7 @@
 
 Reads the ``Split-*/data_tfrecord-*.gz`` shards that ExampleGen
 ``--approach bottom_up`` writes (one record per image,
-:func:`schemas.bottom_up.decode_record_tf`) and yields
+:func:`pose.bottom_up_codec_tf.decode_record_tf`) and yields
 
 * ``inputs = {"image": float32 (B, S, S, 3)}``, RGB 0..255 (the model normalises);
 * ``targets = {"targets": float32 (B, H_out, W_out, C), "mask": float32 (B, H_out, W_out, 1)}``
@@ -12,7 +12,7 @@ Reads the ``Split-*/data_tfrecord-*.gz`` shards that ExampleGen
   targets, or recomputed from the stored keypoints: records do not store them).
 
 Reading, per-worker sharding and shuffling are the person-crop pipeline's
-(:func:`trainer.input_pipeline.read_records`); training batches are
+(:func:`trainer.records.read_records`); training batches are
 augmented per batch with the targets re-encoded in the graph
 (:mod:`trainer.augment_bottom_up`, when ``config["augmentation"]["enabled"]``).
 :func:`trainer.input_pipeline.make_dataset` dispatches here for
@@ -27,7 +27,7 @@ import tensorflow as tf
 from pose import bottom_up_codec_tf
 from pose.bottom_up_codec import target_geometry
 from schemas import bottom_up as bottom_up_schema
-from trainer import augment_bottom_up, input_pipeline
+from trainer import augment_bottom_up, records
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -54,10 +54,10 @@ def _check_record(serialized: tf.Tensor, config: Mapping[str, Any]) -> List[tf.O
 
 def make_decode_fn(config: Mapping[str, Any]):
     """Returns ``serialized () -> dict`` decoding one record after the config checks
-    (the keys of :func:`schemas.bottom_up.decode_record_tf`)."""
+    (the keys of :func:`pose.bottom_up_codec_tf.decode_record_tf`)."""
     def decode(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
         with tf.control_dependencies(_check_record(serialized, config)):
-            return bottom_up_schema.decode_record_tf(tf.identity(serialized), config)
+            return bottom_up_codec_tf.decode_record_tf(tf.identity(serialized), config)
     return decode
 
 
@@ -114,14 +114,14 @@ def make_dataset(file_pattern, config: Mapping[str, Any], training: bool, batch_
     if config.get("approach") != "bottom_up":
         raise ValueError(f"config approach must be 'bottom_up', got {config.get('approach')!r}")
     repeat = training if repeat is None else repeat
-    files = input_pipeline.list_files(file_pattern)
-    seed, buffer = input_pipeline.shuffle_settings(config)
+    files = records.list_files(file_pattern)
+    seed, buffer = records.shuffle_settings(config)
     augmentation_on = training and bool(config["augmentation"]["enabled"])
     if augmentation_on:
         augment_bottom_up.validate_augmentation(config["augmentation"])
 
-    dataset, pipeline_id = input_pipeline.read_records(
-        files, input_pipeline._compression(files), training, repeat, seed, buffer, input_context)
+    dataset, pipeline_id = records.read_records(
+        files, records.compression_type(files), training, repeat, seed, buffer, input_context)
     dataset = dataset.map(make_decode_fn(config), num_parallel_calls=AUTOTUNE, deterministic=not training)
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE,
                             deterministic=not training)

@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import signal
 
-from pipeline import cli
+from toolkit import cli
 from pose.codec import HeatmapCodec
 from pose.config import load_config
 from schemas import examples as examples_layout

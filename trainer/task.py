@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import tensorflow as tf
 
-from pipeline import cli
+from toolkit import cli
 from pose.codec import HeatmapCodec
 from pose.config import load_config
 from schemas import examples as examples_layout

@@ -1,0 +1,116 @@
+"""Keeps library start-up noise out of a command's default output; ``DARKPOSE_DEBUG=1`` shows it all.
+
+On a CPU-only machine TensorFlow logs, from C++ before absl's logging is initialised (so
+``TF_CPP_MIN_LOG_LEVEL`` does not reach it), an absl pre-init warning, oneDNN and CUDA-stub INFO lines
+and a red ``E0000 ... failed call to cuInit: ... CUDA error`` line; TFX's input resolution warns that ML
+Metadata's ``property_predicate`` is not supported, and ML Metadata that its ZetaSQL ``filter_query`` is
+gone. None of it concerns the run, and a newcomer reads the ``E`` line as a failure.
+
+:func:`install` filters the process's standard error at the file-descriptor level (fd 2), so lines
+written by C++ libraries, Python's ``warnings``/``logging`` and child processes that inherit fd 2 all
+pass through one line filter: a line matching :data:`NOISE` is dropped, every other line is written
+unchanged, in order. Nothing is filtered when ``DARKPOSE_DEBUG`` is set to a non-empty value other
+than ``0``.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+import warnings
+from typing import Optional, Pattern, Tuple
+
+DEBUG_ENV = "DARKPOSE_DEBUG"
+
+_ABSL_CPP = r"^[IWEF]\d{4} \S+\s+\d+ [\w.\-/]+:\d+\] "
+"""absl / glog C++ line prefix: severity, MMDD, time, thread id, file:line]."""
+
+NOISE: Tuple[Pattern[str], ...] = (
+    # absl, before InitializeLog: says that the lines below go to stderr.
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+    # INFO lines of TensorFlow's C++ start-up (oneDNN notice, CUDA stub, CPU feature guard, ...).
+    re.compile(_ABSL_CPP.replace("[IWEF]", "I")),
+    # The second line of TensorFlow's CPU feature guard INFO message (the first has the INFO prefix).
+    re.compile(r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.$"),
+    # CUDA probing on a machine without a GPU or its drivers.
+    re.compile(_ABSL_CPP + r".*(cuInit|cuda drivers|CUDA error|Unable to register cu(DNN|FFT|BLAS) factory"
+               r"|computation placer already registered|TF-TRT Warning)"),
+    # TFX input resolution / ML Metadata: features of MLMD this pipeline does not use.
+    re.compile(r"(ContextQuery|ArtifactQuery)\.property_predicate is not supported"),
+    re.compile(r"filter_query (has been removed|is not supported).*ZetaSQL|ZetaSQL dependency removed"),
+)
+"""Lines dropped from standard error (each pattern searched anywhere in the line)."""
+
+_state: dict = {}
+
+
+def is_noise(line: str) -> bool:
+    """Whether one line of standard error (without its newline) is library noise (:data:`NOISE`)."""
+    return any(pattern.search(line) for pattern in NOISE)
+
+
+def debug_enabled() -> bool:
+    """``DARKPOSE_DEBUG`` is set to something other than empty or ``0``."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _pump(read_fd: int, write_fd: int) -> None:
+    pending = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as source:
+        while True:
+            chunk = source.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = [line for line in lines if not is_noise(line.decode("utf-8", "replace"))]
+            if kept:
+                os.write(write_fd, b"\n".join(kept) + b"\n")
+    if pending and not is_noise(pending.decode("utf-8", "replace")):
+        os.write(write_fd, pending)
+
+
+def install() -> bool:
+    """Filters this process's fd 2 through :func:`is_noise` until exit; idempotent.
+
+    Call it first thing in an entry point (before TensorFlow or TFX are imported). The original
+    standard error is restored at exit, after the filter has written everything it received.
+
+    Returns:
+        True when the filter is (now) active, False under ``DARKPOSE_DEBUG`` or where fd 2 is closed.
+    """
+    if _state:
+        return True
+    if debug_enabled():
+        return False
+    # Python warnings print the caller's source line under the message: drop both at the source.
+    warnings.filterwarnings("ignore", message=r".*filter_query has been removed.*ZetaSQL")
+    try:
+        original = os.dup(2)
+    except OSError:
+        return False
+    read_fd, write_fd = os.pipe()
+    sys.stderr.flush()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    thread = threading.Thread(target=_pump, args=(read_fd, original), name="stderr-filter", daemon=True)
+    thread.start()
+    _state.update(original=original, thread=thread)
+    atexit.register(uninstall)
+    return True
+
+
+def uninstall(timeout: Optional[float] = 5.0) -> None:
+    """Stops filtering: flushes, restores the original fd 2 and waits for the filter to drain."""
+    if not _state:
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    original, thread = _state.pop("original"), _state.pop("thread")
+    os.dup2(original, 2)   # closes the pipe's last write end held as fd 2: the pump sees end of file
+    thread.join(timeout)
+    os.close(original)
