@@ -37,12 +37,13 @@ import tensorflow as tf
 
 from components import blessing as blessing_lib
 from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
-from toolkit import cli
+from pose.config import require_value_threshold
 from schemas import examples as examples_layout
 from schemas import jsonio
 from schemas import features as record_features
 from schemas import serving
 from schemas.keypoints import get_schema
+from toolkit import cli
 
 logger = logging.getLogger(__name__)
 
@@ -400,7 +401,33 @@ def run_tfma(joined_pattern: str, eval_config, output_path: str, has_baseline: b
             failures.append({"metric": failure.metric_key.name, "is_diff": failure.metric_key.is_diff,
                              "value": failure.metric_value.double_value.value, "message": failure.message,
                              "threshold": str(failure.metric_threshold).replace("\n", " ")})
-    return {"slices": slices, "validation_ok": bool(validation.validation_ok), "failures": failures}
+    return {"slices": slices, "validation_ok": bool(validation.validation_ok), "failures": failures,
+            "missing_thresholds": bool(validation.missing_thresholds),
+            "missing_slices": [str(spec).replace("\n", " ").strip() or "overall" for spec in validation.missing_slices]}
+
+
+def tfma_failure_reason(tfma_result: Mapping[str, Any]) -> str:
+    """One non-empty line saying why TFMA's validation failed (a :func:`run_tfma` result).
+
+    Lists TFMA's failures when it gave some; otherwise says what TFMA reported
+    missing (``missing_thresholds``: no threshold reached TFMA, e.g. a gate of
+    ``max_drop`` alone without a baseline; ``missing_slices``), or that it gave no
+    reason at all. Never ``TFMA validation failed: []``.
+    """
+    failures = tfma_result.get("failures") or []
+    if failures:
+        return "TFMA validation failed: " + "; ".join(
+            f"{failure['metric']}{' (change)' if failure.get('is_diff') else ''} = {failure['value']:.4f}: "
+            f"{failure['message'] or failure['threshold']}" for failure in failures)
+    missing = []
+    if tfma_result.get("missing_thresholds"):
+        missing.append("no threshold was given to TFMA (missing_thresholds: the gate needs a value threshold; "
+                       "max_drop is checked only against a baseline)")
+    if tfma_result.get("missing_slices"):
+        missing.append(f"slices without metrics: {', '.join(tfma_result['missing_slices'])}")
+    if missing:
+        return "TFMA validation failed: " + "; ".join(missing)
+    return "TFMA validation failed without reporting a failure, a missing threshold or a missing slice"
 
 
 # --------------------------------------------------------------------------
@@ -465,7 +492,8 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         ``checks``, ``reasons``, ``skipped``, ``slices``, ...).
 
     Raises:
-        ValueError: bad config/thresholds, MPII without ``gt_annotations``, a malformed
+        ValueError: bad config/thresholds (also a gate without a value threshold,
+            :func:`pose.config.require_value_threshold`), MPII without ``gt_annotations``, a malformed
             ``gt_annotations`` file (checked before inference; the message names the entry),
             no evaluable record.
         FileNotFoundError: missing model or records.
@@ -494,6 +522,8 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     candidate_path = pusher.saved_model_path(model_dir)
     baseline_path = pusher.saved_model_path(baseline_model_dir) if baseline_model_dir else None
     pattern = eval_file_pattern(examples_dir)
+    # Before any inference: with max_drop alone (or no threshold) the first model is never blessed.
+    require_value_threshold(thresholds, "evaluator config")
     beam_args = cli.local_beam_flags(list(beam_args) if beam_args else list(DEFAULT_BEAM_ARGS))
     evaluation_dir = os.path.join(output_dir, EVALUATION_DIR)
     tf.io.gfile.makedirs(evaluation_dir)
@@ -538,7 +568,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     if mismatch:
         reasons.append(f"TFMA metrics differ from the direct computation: {mismatch}")
     if not tfma_result["validation_ok"] and not any(not row["passed"] for row in checks):
-        reasons.append(f"TFMA validation failed: {tfma_result['failures']}")
+        reasons.append(tfma_failure_reason(tfma_result))
     if data_anomalies:
         from components import data_validation
 
@@ -548,6 +578,9 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     if blessed and reasons:  # TFMA passed but our row-by-row twin disagrees: do not bless on a contradiction
         blessed = False
         reasons.append("TFMA validation passed but the threshold checks did not")
+    if not blessed and not reasons:  # a verdict always says why (never an empty reason list)
+        reasons.append(tfma_failure_reason(tfma_result) if not tfma_result["validation_ok"]
+                       else f"data gate anomalies: {dict(data_anomalies or {})}")
 
     if direct["results"] is not None:
         with tf.io.gfile.GFile(os.path.join(evaluation_dir, "keypoint_results.json"), "w") as handle:

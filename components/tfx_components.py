@@ -236,6 +236,11 @@ class PoseEvaluator(base_beam_component.BaseBeamComponent):
     def __init__(self, *, examples: types.BaseChannel, model: types.BaseChannel, config: Dict[str, Any],
                  baseline_model: types.BaseChannel | None = None, gt_annotations: str = "",
                  anomalies: types.BaseChannel | None = None):
+        """Raises ValueError for a gate without a value threshold (:func:`pose.config.require_value_threshold`):
+        refused when the pipeline is defined, so ML Metadata never records a blessing that cannot pass."""
+        from pose.config import require_value_threshold
+
+        require_value_threshold(dict(config).get("eval", {}).get("thresholds"), "PoseEvaluator config")
         spec = PoseEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, anomalies=anomalies,
             config_json=jsonio.dumps(dict(config), sort_keys=True), gt_annotations=gt_annotations,

@@ -10,7 +10,10 @@ Usage::
 ``--push-destination``: our Pusher's committed versions or TFX's standard
 Pusher's ``<unix time>/`` folders, as the TFX pipeline writes them (see
 :func:`components.pusher.latest_blessed_version`; none yet: change thresholds
-are skipped, value thresholds still apply). Thresholds come from the config's ``eval.thresholds``.
+are skipped, value thresholds still apply). Thresholds come from the config's ``eval.thresholds``,
+which must hold at least one value threshold (``lower_bound`` / ``upper_bound``): a config
+without one is refused with exit status 2 before any work
+(:func:`pose.config.require_value_threshold`, docs/evaluator.md).
 
 Prints a verdict table; exit status 0 = blessed, 1 = not blessed, 2 = error
 (bad arguments, missing model/data, failed evaluation).
@@ -62,9 +65,10 @@ def main(argv: List[str] | None = None) -> int:
     args, beam_args = parser.parse_args_and_beam_flags(argv)  # exit 2 on a flag that is neither
     logging.basicConfig(level=logging.WARNING)
     try:
-        from pose.config import load_config
+        from pose.config import load_config, require_value_threshold
 
         config = load_config(args.config, small_run=args.small_run)  # before the heavy imports: fail fast
+        require_value_threshold(config["eval"]["thresholds"], args.config)
         from components import evaluator, tfma_metrics
 
         tfma_metrics.validate_thresholds(config["eval"]["thresholds"], config["dataset"])

@@ -25,7 +25,9 @@ Layout under ``--runs-dir`` (default ``runs/``): ``tfx/`` (the TFX pipeline root
 shared by runs so TFX's cache reuses ExampleGen's output for unchanged data),
 ``metadata.sqlite`` (ML Metadata: every artifact and its lineage),
 ``serving/`` (the Pusher's destination unless ``--push-destination`` says
-otherwise) and ``<run-id>/index.json`` (the run summary). The evaluator's
+otherwise) and ``<run-id>/index.json`` (the run summary, read from this run's own
+``pipeline_run`` context in ML Metadata, ``<run-id>.<UTC time>.<random>``, so runs
+sharing a ``--runs-dir``, even at the same time, each report their own). The evaluator's
 baseline is the latest blessed model found in ML Metadata by the Resolver, so a
 second run is gated against the first one's model.
 
@@ -140,8 +142,13 @@ def default_config_path(data: str, approach: str = "top_down") -> str:
 
 
 def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """Loads the experiment config and applies the gate thresholds (defaults, then flags)."""
-    from pose.config import load_config
+    """Loads the experiment config and applies the gate thresholds (defaults, then flags).
+
+    Raises:
+        ValueError: a bad config, or a gate without a value threshold (the config file and
+            ``eval.thresholds`` named; :func:`pose.config.require_value_threshold`).
+    """
+    from pose.config import load_config, require_value_threshold
 
     path = args.config or default_config_path(args.data, args.approach or "top_down")
     config = load_config(path, small_run=args.small_run)
@@ -163,6 +170,8 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
         thresholds.setdefault(name, {})["lower_bound"] = bound
     for name, drop in _parse_gate(args.max_drop, "--max-drop").items():
         thresholds.setdefault(name, {})["max_drop"] = drop
+    flags = " with --threshold / --max-drop" if args.threshold or args.max_drop else ""
+    require_value_threshold(thresholds, f"{path}{flags}")   # a gate of max_drop alone never blesses
     config["eval"]["thresholds"] = thresholds
     return config
 
@@ -293,6 +302,25 @@ TFX_ROOT_SUBDIR = "tfx"
 METADATA_FILE = "metadata.sqlite"
 
 
+def claim_run_id(runs_dir: str) -> str:
+    """The default run id, a UTC timestamp (``20240131-120000``), whose ``<runs_dir>/<id>/`` this run creates.
+
+    Two runs started in the same second on one ``--runs-dir`` get ``<time>`` and
+    ``<time>-2`` (the folder is created atomically), so neither writes the other's
+    ``index.json``. An explicit ``--run-id`` is used as given.
+    """
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    os.makedirs(runs_dir, exist_ok=True)
+    for attempt in range(1, 1000):
+        run_id = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        try:
+            os.mkdir(os.path.join(runs_dir, run_id))
+            return run_id
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run directory for {stamp} in {runs_dir}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--no-cache", action="store_true", help="disable TFX caching")
@@ -328,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline import run_summary
 
     runs_dir = os.path.abspath(args.runs_dir)
-    run_id = args.run_id or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = args.run_id or claim_run_id(runs_dir)
     metadata_path = os.path.join(runs_dir, METADATA_FILE)
     destination = args.push_destination or os.path.join(runs_dir, configs.SERVING_SUBDIR)
     fingerprint = str(data_info.get("content_hash") or "") or input_fingerprint(inputs, run_id)
@@ -339,14 +367,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_fingerprint=fingerprint, beam_pipeline_args=args.beam_args, max_steps=args.max_steps,
         run_id=run_id, metadata_path=metadata_path, enable_cache=not args.no_cache,
         data_validation=args.data_validation, **inputs)
-    print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path}", flush=True)
+    # This run's pipeline_run context in ML Metadata, named before it starts: the summary, index.json and
+    # the exit status are read from it, never from whichever run is newest (another run may share --runs-dir).
+    run_context = pipeline_definition.pipeline_run_name(run_id)
+    print(f"[pipeline] run {run_id}: TFX LocalDagRunner, ML Metadata {metadata_path} (pipeline_run {run_context})",
+          flush=True)
     error_message = None
     try:
         with _progress_lines():
-            pipeline_definition.run_local(pipeline)
+            pipeline_definition.run_local(pipeline, run_context)
     except Exception as error:  # a component failed: named from MLMD below
         error_message = f"{type(error).__name__}: {error}"
-    summary = run_summary.summarise(run_summary.run_record(metadata_path, configs.PIPELINE_NAME))
+    try:
+        record = run_summary.run_record(metadata_path, configs.PIPELINE_NAME, run_context_name=run_context)
+    except ValueError as error:  # the run stopped before ML Metadata recorded any of its steps
+        record = {"run": run_context, "nodes": {}, "baseline_metrics": {}}
+        error_message = error_message or str(error)
+    summary = run_summary.summarise(record)
     summary["total_s"] = round(time.perf_counter() - clock, 1)
     summary["stage_times_s"] = {"data": round(data_seconds, 2),
                                 **{node: stage["wall_s"] for node, stage in summary["stages"].items()}}

@@ -2,8 +2,9 @@
 
 :func:`create_pipeline` takes every value as an argument and returns a
 ``tfx.dsl.Pipeline`` without running it; :func:`run_local` runs it with
-``LocalDagRunner`` and ML Metadata in a SQLite file; :func:`metadata_config`
-names that file.
+``LocalDagRunner`` and ML Metadata in a SQLite file, under a ``pipeline_run``
+context name chosen beforehand (:func:`pipeline_run_name`) so the run can be read
+back on its own; :func:`metadata_config` names that file.
 
 - ExampleGen: :class:`components.tfx_components.PoseExampleGen` (our Beam core).
 - Trainer: TFX's standard ``Trainer`` with ``run_fn=trainer.task.run_fn`` and the
@@ -24,7 +25,9 @@ names that file.
 """
 from __future__ import annotations
 
+import datetime
 import os
+import uuid
 from typing import Any, Mapping, Sequence
 
 from tfx import v1 as tfx
@@ -194,6 +197,47 @@ def create_pipeline(
         beam_pipeline_args=[str(flag) for flag in beam_pipeline_args])
 
 
-def run_local(pipeline: tfx.dsl.Pipeline) -> None:
-    """Runs the pipeline with ``LocalDagRunner`` (raises on a failed component)."""
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+def pipeline_run_name(run_id: str) -> str:
+    """A new, unique name for a run's ``pipeline_run`` context in ML Metadata: ``<run_id>.<UTC time>.<random>``.
+
+    TFX's ``LocalDagRunner`` names the context by the local time alone, which the
+    runner cannot know; :func:`run_local` uses this name instead, so the runner reads
+    its own run back (:func:`pipeline.run_summary.run_record`) even while other runs
+    write to the same ML Metadata store. The random part keeps two runs with the same
+    ``run_id`` (or started in the same microsecond) apart.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{run_id}.{now}.{uuid.uuid4().hex[:8]}"
+
+
+class _NamedRunLocalDagRunner(tfx.orchestration.LocalDagRunner):
+    """``LocalDagRunner`` whose run id (TFX's ``pipeline-run-id`` runtime parameter) is given, not the clock's."""
+
+    def __init__(self, pipeline_run_id: str):
+        super().__init__()
+        self._pipeline_run_id = pipeline_run_id
+
+    def run_with_ir(self, pipeline, run_options=None, **kwargs):
+        from tfx.dsl.compiler import constants
+        from tfx.orchestration.portable import runtime_parameter_utils
+
+        # Bound first, TFX's own substitution (the clock's time) then finds nothing left to bind.
+        runtime_parameter_utils.substitute_runtime_parameter(
+            pipeline, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: self._pipeline_run_id})
+        return super().run_with_ir(pipeline, run_options=run_options, **kwargs)
+
+
+def run_local(pipeline: tfx.dsl.Pipeline, pipeline_run_id: str | None = None) -> str:
+    """Runs the pipeline with ``LocalDagRunner`` (raises on a failed component).
+
+    Args:
+        pipeline: from :func:`create_pipeline`.
+        pipeline_run_id: the name of this run's ``pipeline_run`` context in ML Metadata
+            (default: a new :func:`pipeline_run_name`).
+
+    Returns:
+        that name, to read this run (and no other) back from ML Metadata.
+    """
+    name = pipeline_run_id or pipeline_run_name("run")
+    _NamedRunLocalDagRunner(name).run(pipeline)
+    return name

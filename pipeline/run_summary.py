@@ -1,6 +1,6 @@
 """The run summary, read from ML Metadata: stage states and times, metrics, verdict, push and lineage.
 
-:func:`run_record` reads one pipeline run (a ``pipeline_run`` context) from the
+:func:`run_record` reads one pipeline run (a ``pipeline_run`` context, by name) from the
 MLMD store: every node's execution, state (``COMPLETE``, ``CACHED``, ``FAILED``)
 and input/output artifacts with their properties. :func:`summarise` turns it
 into the run's verdict, metrics, baseline, pushed path and the lineage of the
@@ -42,7 +42,17 @@ def _properties(artifact) -> Dict[str, Any]:
 
 
 def run_record(metadata_path: str, pipeline_name: str, run_context_name: str | None = None) -> Dict[str, Any]:
-    """What ML Metadata holds about one pipeline run (default: the latest).
+    """What ML Metadata holds about one pipeline run.
+
+    Args:
+        metadata_path: the ML Metadata SQLite file.
+        pipeline_name: the TFX pipeline name.
+        run_context_name: the run's ``pipeline_run`` context name (TFX's pipeline run id,
+            :func:`pipeline.pipeline.pipeline_run_name` for our runner); ``None`` = the newest
+            run, which is another run's when several share the store: a runner reads its own by name.
+
+    Raises:
+        ValueError: no such pipeline or run in the store.
 
     Returns:
         ``run`` (the pipeline_run context name), ``nodes`` ({node id: {state, wall_s,
@@ -58,7 +68,8 @@ def run_record(metadata_path: str, pipeline_name: str, run_context_name: str | N
     pipeline_execution_ids = {e.id for e in store.get_executions_by_context(pipeline_contexts[0].id)}
     runs = [c for c in runs if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_execution_ids]
     if not runs:
-        raise ValueError(f"no run of {pipeline_name!r} in {metadata_path}")
+        named = f" named {run_context_name!r}" if run_context_name is not None else ""
+        raise ValueError(f"no run{named} of {pipeline_name!r} in {metadata_path}")
     run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
     executions = sorted(store.get_executions_by_context(run.id), key=lambda execution: execution.id)
     types = {t.id: t.name for t in store.get_artifact_types()}

@@ -303,6 +303,41 @@ def _validate(config: Dict[str, Any]) -> None:
         raise ValueError(f"data.det_score_threshold must be in [0, 1], got {config['data']['det_score_threshold']!r}")
 
 
+VALUE_THRESHOLD_KEYS = ("lower_bound", "upper_bound")
+
+
+def require_value_threshold(thresholds: Any, source: str) -> None:
+    """The gate rule: ``eval.thresholds`` must hold at least one value threshold.
+
+    A value threshold (``lower_bound`` / ``upper_bound`` of a metric) is checked on
+    every run; a change threshold (``max_drop``) only against a baseline, the latest
+    blessed model. With change thresholds alone the first model has nothing to be
+    checked against (TFMA reports ``missing_thresholds``), it is not blessed, nothing
+    is pushed, the next run has no baseline either: no model is ever blessed. Such a
+    gate, and one with no threshold at all, is refused wherever a gate is set up
+    (``python pipeline.py``, ``pipeline.gate``, the Evaluator); docs/evaluator.md.
+    Training configs need no thresholds: :func:`load_config` does not apply this rule.
+
+    Args:
+        thresholds: the ``eval.thresholds`` mapping (``{metric: {kind: number}}``).
+        source: what the message names first (the config file, or the component).
+
+    Raises:
+        ValueError: one line naming ``source`` and ``eval.thresholds``.
+    """
+    if not isinstance(thresholds, Mapping) or not thresholds:
+        raise ValueError(f"{source}: eval.thresholds is empty: a blessing gate needs at least one value threshold "
+                         "(lower_bound or upper_bound of a metric, e.g. AP: {lower_bound: 0.5})")
+    if not any(isinstance(bounds, Mapping) and any(key in bounds for key in VALUE_THRESHOLD_KEYS)
+               for bounds in thresholds.values()):
+        listed = ", ".join(f"{metric}: {dict(bounds) if isinstance(bounds, Mapping) else bounds!r}"
+                           for metric, bounds in thresholds.items())
+        raise ValueError(f"{source}: eval.thresholds holds no value threshold, only change thresholds ({listed}); "
+                         "max_drop is checked only against a blessed baseline, so the first model could never be "
+                         "blessed and nothing would ever be pushed: add lower_bound or upper_bound to a metric "
+                         "(e.g. AP: {lower_bound: 0.5})")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
         and value not in (float("inf"), float("-inf"))

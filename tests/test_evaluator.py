@@ -128,6 +128,29 @@ def test_bad_inputs_fail_early(coco_setup, tmp_path):
         evaluator.run_evaluator(model, str(tmp_path / "empty"), _config(), str(tmp_path / "o"))
 
 
+def test_evaluator_refuses_a_gate_without_a_value_threshold(tmp_path):
+    """Issue 22: refused when the pipeline is defined and before inference, never a blessing without a reason."""
+    from tfx.types import Channel, standard_artifacts
+
+    from components.tfx_components import PoseEvaluator
+
+    with pytest.raises(ValueError, match="PoseEvaluator config: eval.thresholds holds no value threshold"):
+        PoseEvaluator(examples=Channel(type=standard_artifacts.Examples), model=Channel(type=standard_artifacts.Model),
+                      config=_config(thresholds={"AP": {"max_drop": 0.01}}))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "data.tfrecord").write_bytes(b"")
+    with pytest.raises(ValueError, match="evaluator config: eval.thresholds is empty"):
+        evaluator.run_evaluator(str(tmp_path / "model"), str(tmp_path / "examples"), _config(), str(tmp_path / "o"))
+
+
+def test_a_failed_tfma_validation_always_says_why():
+    assert "TFMA validation failed: []" not in evaluator.tfma_failure_reason({"validation_ok": False, "failures": []})
+    reason = evaluator.tfma_failure_reason({"validation_ok": False, "failures": [], "missing_thresholds": True})
+    assert "missing_thresholds" in reason and "value threshold" in reason
+
+
 @pytest.mark.slow
 def test_mpii_run_evaluator_pckh_blessed(shared_data, tmp_path):
     records = mpii_records(os.path.join(shared_data, "mpii_val_mmpose2", "mpii_val_mmpose2.json"),

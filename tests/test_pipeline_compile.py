@@ -113,6 +113,22 @@ def test_create_pipeline_validates_arguments():
         create_pipeline(**arguments, trainer_accelerator_type="NVIDIA_TESLA_A100")
 
 
+def test_a_gate_of_change_thresholds_alone_is_refused_before_any_work(tmp_path, capsys):
+    """Issue 22: with max_drop alone the first run has no baseline, is never blessed, and nothing is ever pushed."""
+    config = tmp_path / "drop_only.yaml"
+    config.write_text(open(os.path.join(ROOT, "configs", "demo.yaml")).read() +
+                      "eval:\n  thresholds:\n    AP: {max_drop: 0.01}\n")
+    runs = tmp_path / "runs"
+    code = local_runner.main(["--config", str(config), "--data", "coco", "--coco-root", str(tmp_path / "no-coco"),
+                              "--runs-dir", str(runs)])
+    error = capsys.readouterr().err.strip()
+    assert code == configs.EXIT_FAILED and len(error.splitlines()) == 1 and not runs.exists()
+    assert f"{config}: eval.thresholds holds no value threshold" in error
+    # A value threshold from the command line completes the gate.
+    args, _ = local_runner.build_parser().parse_known_args(["--config", str(config), "--threshold", "AP=0.5"])
+    assert local_runner.load_run_config(args)["eval"]["thresholds"]["AP"] == {"max_drop": 0.01, "lower_bound": 0.5}
+
+
 def test_beam_flags_pass_through_unchanged():
     skip_prism = cli.SKIP_PRISM_FLAG
     flags = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]

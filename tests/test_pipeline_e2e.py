@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -193,6 +194,53 @@ def test_data_gate_refuses_a_model_on_drifted_data(workspace, second_run):
     index = read_index(runs, "drift")
     assert index["verdict"] == "NOT_BLESSED" and index["data_gate"]["passed"] is False
     assert "data gate: anomalies in split(s) eval" in output
+
+
+def _start_rival_run(metadata_path):
+    """What a second run on the same --runs-dir has written while it evaluates: a newer pipeline_run context
+    of this pipeline with its PoseEvaluator RUNNING (no blessing yet)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+    from tfx import v1 as tfx
+
+    from pipeline import configs
+
+    store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
+    pipeline = next(c for c in store.get_contexts_by_type("pipeline") if c.name == configs.PIPELINE_NAME)
+    node = next(c for c in store.get_contexts_by_type("node") if c.name.endswith(".PoseEvaluator"))
+    execution = mlmd.Execution(type_id=store.get_executions_by_context(node.id)[0].type_id,
+                               last_known_state=mlmd.Execution.RUNNING)
+    rival = mlmd.Context(type_id=store.get_context_type("pipeline_run").id, name="rival-run")
+    store.put_execution(execution, [], [pipeline, node, rival])
+
+
+def test_a_run_reports_its_own_run_when_a_newer_run_shares_the_store(tmp_path, monkeypatch, capsys):
+    """Issue 22: run A, then a newer run's context appears in the same ML Metadata, then A's summary is built:
+    A's summary, index.json and exit status are A's (before: the newest run's, FAILED with PoseEvaluator RUNNING)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    from pipeline import local_runner
+    from pipeline import pipeline as definition
+
+    runs = tmp_path / "runs"
+    run_local = definition.run_local
+
+    def run_then_rival(*args, **kwargs):
+        result = run_local(*args, **kwargs)
+        _start_rival_run(str(runs / local_runner.METADATA_FILE))
+        return result
+
+    monkeypatch.setattr(definition, "run_local", run_then_rival)
+    code = local_runner.main(["--runner=DirectRunner", "--runs-dir", str(runs), *TINY, "--run-id", "own",
+                              "--threshold", "AP=0", "--max-steps", "1"])
+    output = capsys.readouterr().out
+    assert code == 0, output[-4000:]
+    index = read_index(str(runs), "own")
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True and index["run"].startswith("own.")
+    assert {stage["state"] for stage in index["stages"].values()} == {"COMPLETE"}
+    assert f"=== run {index['run']}: BLESSED ===" in output and "rival-run" not in output
 
 
 def _coco_layout(shared_data, root):

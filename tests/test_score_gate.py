@@ -92,6 +92,17 @@ def test_gate_blesses_first_then_rejects_a_worse_candidate_vs_auto_baseline(shar
     assert json.load(open(tmp_path / "b2" / "blessing.json"))["baseline"] == os.path.join(destination, "1")
 
 
+@pytest.mark.parametrize("thresholds", ["    AP: {max_drop: 0.01}\n", ""])
+def test_gate_without_a_value_threshold_is_refused_before_any_work(tmp_path, capsys, thresholds):
+    """Issue 22: max_drop alone (or nothing) can never bless a first model, so nothing would ever be pushed."""
+    config = tmp_path / "gate.yaml"
+    config.write_text("dataset: coco\neval:\n  batch_size: 8\n" + (f"  thresholds:\n{thresholds}" if thresholds else ""))
+    code = gate.main(["--candidate", str(tmp_path / "model"), "--eval-data", str(tmp_path), "--config", str(config)])
+    error = capsys.readouterr().err.strip()
+    assert code == gate.EXIT_ERROR and len(error.splitlines()) == 1
+    assert f"{config}: eval.thresholds" in error and "value threshold" in error
+
+
 @pytest.mark.parametrize("name", ["coco_gate.yaml", "mpii_gate.yaml"])
 def test_shipped_gate_configs_are_valid(name):
     from components import tfma_metrics
