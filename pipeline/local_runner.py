@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "anomalies refuse the blessing")
     parser.add_argument("--synthetic-train-images", type=int, default=configs.SYNTHETIC_TRAIN_IMAGES)
     parser.add_argument("--synthetic-val-images", type=int, default=configs.SYNTHETIC_VAL_IMAGES)
-    parser.add_argument("--compile", metavar="FILE.yaml", default=None,
-                        help="write the Kubeflow / Vertex AI pipeline spec and exit (nothing runs)")
+    parser.add_argument("--compile", metavar="FILE.{yaml,json}", default=None,
+                        help="write the Kubeflow / Vertex AI pipeline and exit (nothing runs): .yaml/.yml kfp's "
+                             "PipelineSpec YAML (compile-time values as parameter defaults), else TFX's "
+                             "PipelineJob JSON")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE, help="component image for --compile")
     parser.add_argument("--pipeline-root", default="",
                         help="TFX pipeline root, the artifacts' folder (local or gs://; default <runs-dir>/tfx); "
