@@ -38,4 +38,5 @@ COPY pipeline/ pipeline/
 COPY configs/ configs/
 COPY pipeline.py ./
 RUN pip install --no-deps -c requirements.lock . \
-    && python -c "import toolkit.cli, pose, schemas, trainer, components.tfx_components, pipeline.pipeline, tfx.v1, kfp"
+    && python -c "import toolkit.cli, pose, schemas, trainer, components.tfx_components, pipeline.pipeline, tfx.v1, kfp" \
+    && cd / && python -c "import os, components.data_validation as d; assert os.path.isfile(d.SCHEMA_FILE), d.SCHEMA_FILE"

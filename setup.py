@@ -33,7 +33,10 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["toolkit*", "pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
     include_package_data=True,
-    package_data={"": ["*.yaml"]},
+    # Files the code loads from beside its modules (e.g. schemas/data_gate.pbtxt, the data gate's TFDV
+    # schema): without them a non-editable install (`pip install .`, the component image) lacks them.
+    # tests/test_packaging.py builds the wheel and checks every such file is inside.
+    package_data={"": ["*.pbtxt", "*.yaml", "*.yml", "*.json", "*.txt", "*.csv"]},
     install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"test": [
         "pytest>=8,<9", "pytest-timeout>=2.3,<3",

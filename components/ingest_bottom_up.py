@@ -221,7 +221,7 @@ def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         size = [int(core._number(v)) for v in segmentation["size"]]
         if size != [height, width]:
-            raise ValueError(f"RLE size {size} differs from the image's {[height, width]}")
+            raise ValueError(f"RLE size {size} (height, width) differs from the image's {[height, width]}")
         if isinstance(segmentation["counts"], list):
             counts = [int(core._number(v)) for v in segmentation["counts"]]
             if any(v < 0 for v in counts) or sum(counts) != height * width:
@@ -345,17 +345,18 @@ def build_image_record(image: np.ndarray, task: Mapping[str, Any], config: Mappi
     for region in ignore:
         try:
             region_mask = segmentation_mask(region.get("segmentation"), height, width)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError) as error:
+            why = f"{type(error).__name__}: {error}" if isinstance(error, KeyError) else str(error)
             region_mask = _bbox_mask(region.get("bbox"), height, width)
             if region_mask is None:
                 region_mask = np.zeros((height, width), np.uint8)
                 skips.append(core._skip(SKIP_MALFORMED_SEGMENTATION, split=split, image_id=image_id,
                                         annotation_id=region["annotation_id"], mask_reason=region["reason"],
-                                        message="no usable segmentation or bbox: region not masked"))
+                                        message=f"no usable segmentation ({why}) or bbox: region not masked"))
             else:
                 skips.append(core._skip(SKIP_MALFORMED_SEGMENTATION, split=split, image_id=image_id,
                                         annotation_id=region["annotation_id"], mask_reason=region["reason"],
-                                        message="no usable segmentation: bbox masked instead"))
+                                        message=f"no usable segmentation ({why}): bbox masked instead"))
         ignore_mask |= region_mask
         masked[region["reason"]] += 1
     image_to_output = affine * np.asarray(geometry.factor)[:, None]

@@ -20,9 +20,23 @@ The pipeline root is the job's ``gcsOutputDirectory`` (``--pipeline-root``; Vert
 
 Caching: ExampleGen's cache key is its parameters, so new data under the same
 paths must change ``data_version`` (e.g. a date) or run with caching off.
+
+File format, by the ``--compile`` file's extension:
+
+* ``.yaml`` / ``.yml``: kfp's pipeline file, a ``PipelineSpec`` (schema 2.1.0)
+  in YAML, as ``kfp.compiler`` writes it (kfp's client, Vertex AI's
+  ``PipelineJob(template_path=...)`` and ``kfp.components.load_component_from_file``
+  read it). A YAML pipeline file has no ``runtimeConfig``: the compile-time
+  values are the parameters' ``defaultValue`` and the pipeline root is
+  ``defaultPipelineRoot``; a submission overrides both. TFX's own YAML
+  writer cannot be used (it stops with ``KeyError: 'parameterType'`` on the
+  2.0.0 schema, and it drops the runtime values).
+* anything else (``.json``): TFX's ``PipelineJob`` JSON (schema 2.0.0), the
+  values in ``runtimeConfig``.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Dict
 
@@ -32,6 +46,9 @@ from schemas import jsonio
 PARAMETERS = ("train_annotations", "train_images", "eval_annotations", "eval_images", "det_file",
               "gt_annotations", "data_version", "push_destination")
 """The compiled job's pipeline parameters."""
+
+YAML_SUFFIXES = (".yaml", ".yml")
+"""``--compile`` file names written as kfp's YAML ``PipelineSpec`` (others: TFX's ``PipelineJob`` JSON)."""
 
 DEFAULT_PUSH_SUBDIR = "serving/darkpose"
 """``push_destination`` when ``--push-destination`` is not given: ``<pipeline root>/serving/darkpose``."""
@@ -106,13 +123,53 @@ def compile_pipeline(args, config: Dict[str, Any]) -> str:
         data_validation=args.data_validation,
         previous_statistics_strategy=tfx.dsl.experimental.LatestArtifactStrategy, **inputs)
     path = os.path.abspath(args.compile)
+    as_yaml = path.lower().endswith(YAML_SUFFIXES)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=args.image, use_pipeline_spec_2_1=as_yaml),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
     values = parameter_values(args, data)
-    runner.run(pipeline, parameter_values=values)
+    if as_yaml:
+        write_yaml_spec(path, yaml_pipeline_spec(runner.run(pipeline, parameter_values=values, write_out=False)))
+    else:
+        runner.run(pipeline, parameter_values=values)
     missing = [name for name in PARAMETERS if name not in values]
     if missing:
         print(f"[pipeline] parameters to give when submitting the job: {', '.join(missing)} "
               f"(or compile with --{data}-root)", flush=True)
     return path
+
+
+def yaml_pipeline_spec(job: Dict[str, Any]) -> Dict[str, Any]:
+    """kfp's pipeline file content from a schema-2.1.0 ``PipelineJob`` dict (``KubeflowV2DagRunner.run``).
+
+    Returns:
+        the job's ``pipelineSpec`` (a copy) with each ``runtimeConfig.parameterValues``
+        entry as its root input's ``defaultValue`` and ``runtimeConfig.gcsOutputDirectory``
+        as ``defaultPipelineRoot``.
+
+    Raises:
+        ValueError: the job is not schema 2.1.0 (2.0.0 inputs have no ``parameterType``).
+    """
+    spec = copy.deepcopy(job["pipelineSpec"])
+    if spec.get("schemaVersion") != "2.1.0":
+        raise ValueError(f"a YAML pipeline file needs PipelineSpec schema 2.1.0, got {spec.get('schemaVersion')}")
+    runtime = job.get("runtimeConfig", {})
+    parameters = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    for name, value in runtime.get("parameterValues", {}).items():
+        parameters[name]["defaultValue"] = value
+    if runtime.get("gcsOutputDirectory"):
+        spec["defaultPipelineRoot"] = runtime["gcsOutputDirectory"]
+    return spec
+
+
+def write_yaml_spec(path: str, spec: Dict[str, Any]) -> None:
+    """Writes ``spec`` (:func:`yaml_pipeline_spec`) as one YAML document, keys sorted, after a comment header."""
+    import yaml
+
+    header = (f"# PIPELINE DEFINITION\n# Name: {spec['pipelineInfo']['name']}\n"
+              f"# darkpose-tf: TFX KubeflowV2DagRunner's PipelineSpec (schema {spec['schemaVersion']}); "
+              f"compile-time parameter values are the defaults\n")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(header)
+        yaml.safe_dump(spec, handle, sort_keys=True, default_flow_style=False, allow_unicode=True)

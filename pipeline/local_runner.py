@@ -45,6 +45,7 @@ import time
 from typing import Any, Dict, List, Sequence, Tuple
 
 from pipeline import configs
+from pipeline.fingerprint import input_fingerprint  # noqa: F401  (ExampleGen's cache key; also this module's API)
 from toolkit import cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "anomalies refuse the blessing")
     parser.add_argument("--synthetic-train-images", type=int, default=configs.SYNTHETIC_TRAIN_IMAGES)
     parser.add_argument("--synthetic-val-images", type=int, default=configs.SYNTHETIC_VAL_IMAGES)
-    parser.add_argument("--compile", metavar="FILE.yaml", default=None,
-                        help="write the Kubeflow / Vertex AI pipeline spec and exit (nothing runs)")
+    parser.add_argument("--compile", metavar="FILE.{yaml,json}", default=None,
+                        help="write the Kubeflow / Vertex AI pipeline and exit (nothing runs): .yaml/.yml kfp's "
+                             "PipelineSpec YAML (compile-time values as parameter defaults), else TFX's "
+                             "PipelineJob JSON")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE, help="component image for --compile")
     parser.add_argument("--pipeline-root", default="",
                         help="TFX pipeline root, the artifacts' folder (local or gs://; default <runs-dir>/tfx); "
@@ -246,31 +249,6 @@ def _root(path: str) -> str:
     return path.rstrip("/") if "://" in path else os.path.abspath(path)
 
 
-def input_fingerprint(inputs: Dict[str, str], run_id: str) -> str:
-    """ExampleGen's cache key for real data: sizes and modification times of its local inputs.
-
-    Files count with their size and mtime, image folders with every entry's name, size
-    and mtime, so replacing, adding or removing an input changes the key. Remote
-    inputs (``gs://``) cannot be checked cheaply: the run id is returned, i.e. no cache hit.
-    """
-    import hashlib
-
-    paths = [inputs.get(key) for key in ("train_annotations", "train_images", "eval_annotations",
-                                         "eval_images", "det_file")]
-    if any(path and "://" in path for path in paths):
-        return f"run:{run_id}"
-    digest = hashlib.sha256()
-    for path in paths:
-        if not path:
-            continue
-        entries = ([os.path.join(path, name) for name in sorted(os.listdir(path))] if os.path.isdir(path)
-                   else [path])
-        for entry in entries:
-            stat = os.stat(entry)
-            digest.update(f"{entry}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8"))
-    return digest.hexdigest()
-
-
 class _ProgressFilter(logging.Filter):
     """Lets LocalDagRunner's per-component lines through (as ``[pipeline] ...``), nothing else of absl's INFO."""
 
@@ -359,7 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = args.run_id or claim_run_id(runs_dir)
     metadata_path = os.path.join(runs_dir, METADATA_FILE)
     destination = args.push_destination or os.path.join(runs_dir, configs.SERVING_SUBDIR)
-    fingerprint = str(data_info.get("content_hash") or "") or input_fingerprint(inputs, run_id)
+    fingerprint = str(data_info.get("content_hash") or "")
+    if not fingerprint:
+        clock_hash, hashed = time.perf_counter(), {}
+        try:
+            fingerprint = input_fingerprint(inputs, run_id, hashed)
+        except OSError as error:
+            print(f"pipeline: error: cannot read an input for ExampleGen's cache key: {error}", file=sys.stderr)
+            return configs.EXIT_FAILED
+        if hashed:
+            print(f"[data] content hash of the inputs (ExampleGen's cache key): {hashed['files']} files, "
+                  f"{hashed['bytes'] / 1e6:.1f} MB in {time.perf_counter() - clock_hash:.1f} s", flush=True)
     pipeline = pipeline_definition.create_pipeline(
         pipeline_name=configs.PIPELINE_NAME, pipeline_root=_root(args.pipeline_root) if args.pipeline_root
         else os.path.join(runs_dir, TFX_ROOT_SUBDIR), config=config,

@@ -227,3 +227,19 @@ def test_record_bytes_are_deterministic(shared_data, config):
     encoded = example.features.feature["image/encoded"].bytes_list.value[0]
     decoded = bottom_up_codec_tf.decode_record_tf(tf.constant(first[0]), config)["image"].numpy()
     np.testing.assert_array_equal(decoded, ingest_core.decode_image(encoded, 10**8))
+
+
+def test_a_crowd_rle_of_another_size_is_dead_lettered_naming_both_sizes(shared_data, config):
+    paths = _paths(shared_data)
+    loaded = ingest_bottom_up.load_coco("eval", paths["eval_annotations"], paths["eval_images"], config)
+    task = json.loads(json.dumps(next(task for task in loaded["tasks"] if task["image_path"])))
+    image, _ = ingest_core.read_image(task["image_path"], 10**8)
+    height, width = image.shape[:2]
+    wrong = [height + 7, width]   # e.g. an RLE made for another copy of the image
+    task["ignore"] = [{"annotation_id": 777, "reason": ingest_bottom_up.MASK_CROWD, "bbox": [10, 10, 20, 20],
+                       "segmentation": {"size": wrong, "counts": [wrong[0] * wrong[1]]}}]
+    _, skips, masked = ingest_bottom_up.build_image_record(image, task, config)
+    entry = next(skip for skip in skips if skip["reason"] == ingest_bottom_up.SKIP_MALFORMED_SEGMENTATION)
+    assert entry["annotation_id"] == 777 and "bbox masked" in entry["message"]
+    assert str(wrong) in entry["message"] and str([height, width]) in entry["message"], entry["message"]
+    assert masked[ingest_bottom_up.MASK_CROWD] == 1

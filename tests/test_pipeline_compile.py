@@ -216,3 +216,53 @@ def test_compile_the_bottom_up_pipeline(tmp_path):
     assert trainer["config"]["eval"]["thresholds"]["AP"]["lower_bound"] == configs.BOTTOM_UP_COCO_THRESHOLDS[
         "AP"]["lower_bound"]
     assert job["runtimeConfig"]["parameters"]["det_file"]["stringValue"] == ""
+
+
+def test_compile_to_yaml_writes_kfp_pipeline_spec(tmp_path):
+    """`--compile pipeline.yaml` (kfp's usual name) writes kfp's YAML PipelineSpec with the JSON job's content."""
+    import yaml
+    from kfp import components
+
+    from pipeline import kubeflow_v2_runner
+
+    flags = ("--data", "coco", "--coco-root", "gs://data-bucket/coco", "--image", "example.org/darkpose:1",
+             "--pipeline-root", "gs://my-bucket/tfx", *DATAFLOW_FLAGS)
+    job, json_spec = compile_job(tmp_path / "pipeline.json", *flags)
+    path = tmp_path / "pipeline.yaml"
+    assert local_runner.main(["--compile", str(path), *flags]) == 0
+    text = path.read_text()
+    assert text.startswith("# PIPELINE DEFINITION\n")
+    loaded = yaml.safe_load(text)
+    assert loaded["schemaVersion"] == "2.1.0" and loaded["defaultPipelineRoot"] == "gs://my-bucket/tfx"
+    spec = json_format.ParseDict(loaded, pipeline_spec_pb2.PipelineSpec())
+    # the same pipeline as the JSON job: tasks, dependencies, executors' images and arguments, component parameters
+    assert set(spec.root.dag.tasks) == set(json_spec.root.dag.tasks)
+    for name, task in spec.root.dag.tasks.items():
+        reference = json_spec.root.dag.tasks[name]
+        assert list(task.dependent_tasks) == list(reference.dependent_tasks), name
+        assert set(task.inputs.parameters) == set(reference.inputs.parameters), name
+        for key, parameter in task.inputs.parameters.items():
+            assert parameter.component_input_parameter == reference.inputs.parameters[key].component_input_parameter
+    executors = {name: executor.get("container") for name, executor in loaded["deploymentSpec"]["executors"].items()}
+    json_executors = {name: executor.get("container")
+                      for name, executor in job["pipelineSpec"]["deploymentSpec"]["executors"].items()}
+    assert set(executors) == set(json_executors) and any(executors.values())
+    for name, container in executors.items():
+        reference = json_executors[name]
+        if reference is None:
+            assert container is None, name
+            continue
+        # schema 2.1.0 adds TFX's --json_serialized_inputs_spec_args (the inputs' types) to the same arguments
+        assert container["image"] == reference["image"] and container["command"] == reference["command"], name
+        args = list(container["args"])
+        at = args.index("--json_serialized_inputs_spec_args")
+        assert json.loads(args[at + 1])["parameters"] and args[:at] + args[at + 2:] == reference["args"], name
+    # the compile-time values are the parameters' defaults (a YAML pipeline has no runtimeConfig)
+    defaults = {name: parameter["defaultValue"]
+                for name, parameter in loaded["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults == {name: value["stringValue"] for name, value in job["runtimeConfig"]["parameters"].items()}
+    assert set(defaults) == set(kubeflow_v2_runner.PARAMETERS)
+    # kfp reads it as a pipeline with those inputs
+    component = components.load_component_from_file(str(path))
+    assert set(component.component_spec.inputs) == set(kubeflow_v2_runner.PARAMETERS)
+    assert component.component_spec.inputs["train_images"].default == "gs://data-bucket/coco/images/train2017"
