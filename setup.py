@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
     include_package_data=True,
-    package_data={"": ["*.yaml"]},
+    package_data={"": ["*.yaml"], "schemas": ["metas/*.yaml"]},
     install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"test": [
         "pytest>=8,<9", "pytest-timeout>=2.3,<3",

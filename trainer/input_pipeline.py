@@ -42,7 +42,7 @@ from pose.codec import HeatmapCodec
 from pose.images import decode_image_tf
 from schemas import examples as examples_layout
 from schemas import features
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -105,7 +105,7 @@ def make_decode_fn(config: Mapping[str, Any], codec: HeatmapCodec, decode_heatma
     pixels, ``visibility`` (K,) int32 and, when ``decode_heatmaps``,
     ``heatmaps`` (H_hm, W_hm, K) float32 and ``target_weight`` (K,) float32.
     """
-    num_joints = get_schema(config["dataset"]).num_joints
+    num_joints = schema_for(config).num_joints
     in_h, in_w = codec.input_size
 
     def decode(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -129,7 +129,7 @@ def make_decode_fn(config: Mapping[str, Any], codec: HeatmapCodec, decode_heatma
 
 def make_augment_fn(config: Mapping[str, Any], codec: HeatmapCodec, seed: int):
     """Returns ``(batch_index, batch dict) -> (inputs, targets)`` that augments a decoded batch."""
-    schema = get_schema(config["dataset"])
+    schema = schema_for(config)
     augmentation = dict(config["augmentation"])
 
     def augment_fn(batch_index: tf.Tensor, batch: Mapping[str, tf.Tensor]):
