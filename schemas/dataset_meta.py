@@ -406,6 +406,43 @@ def resolve(dataset: str | None = None, meta_path: str | None = None) -> Keypoin
 
 
 # --------------------------------------------------------------------------
+# The meta inside a SavedModel
+# --------------------------------------------------------------------------
+
+SERVING_META_FILE = "assets.extra/dataset_meta.json"
+"""Where an exported SavedModel carries its meta (TF Serving's ``assets.extra``; not loaded by TF)."""
+
+
+def write_serving_meta(schema: KeypointSchema, export_dir: str) -> str:
+    """Writes ``schema`` as strict JSON to ``<export_dir>/assets.extra/dataset_meta.json``; returns the path."""
+    import tensorflow as tf
+
+    from schemas import jsonio
+
+    path = f"{export_dir.rstrip('/')}/{SERVING_META_FILE}"
+    tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+    jsonio.write(path, dict(schema.to_meta(), hash=schema.hash), indent=1)
+    return path
+
+
+def read_serving_meta(export_dir: str) -> KeypointSchema | None:
+    """The meta an exported SavedModel carries, or None for an export made before dataset metas.
+
+    Raises:
+        DatasetMetaError: the file exists but is malformed.
+    """
+    import tensorflow as tf
+
+    path = f"{export_dir.rstrip('/')}/{SERVING_META_FILE}"
+    if not tf.io.gfile.exists(path):
+        return None
+    data = parse_text(_read_text(path), path)
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key != "hash"}
+    return from_mapping(data, source=path)
+
+
+# --------------------------------------------------------------------------
 # Annotation files
 # --------------------------------------------------------------------------
 

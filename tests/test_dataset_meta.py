@@ -163,3 +163,12 @@ def test_default_categories_are_those_with_the_meta_joint_count():
     assert dataset_meta.check_annotations(dataset_meta.from_mapping(GOOD), dataset, "f.json") == [4]
     with pytest.raises(DatasetMetaError, match=r"no category has 17 keypoints .* have \[4, 5\]"):
         dataset_meta.check_annotations(get_schema("ap10k"), dataset, "f.json")
+
+
+def test_serving_meta_round_trip(tmp_path):
+    hand = get_schema("onehand10k")
+    assert dataset_meta.read_serving_meta(str(tmp_path)) is None  # an export made before metas
+    path = dataset_meta.write_serving_meta(hand, str(tmp_path))
+    assert path.endswith("assets.extra/dataset_meta.json")
+    carried = dataset_meta.read_serving_meta(str(tmp_path))
+    assert carried == hand and carried.skeleton == hand.skeleton and carried.hash == hand.hash

@@ -534,6 +534,9 @@ def export_serving_model(model, config: Mapping[str, Any], codec: HeatmapCodec, 
     }
     module.track_captured_variables(signatures.values())
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    from schemas import dataset_meta
+
+    dataset_meta.write_serving_meta(schema_for(config), export_dir)  # names, flip index, skeleton travel along
     return export_dir
 
 
