@@ -34,9 +34,10 @@ setup(
     packages=find_packages(include=["toolkit*", "pose*", "schemas*", "trainer*", "components*", "pipeline*"]),
     include_package_data=True,
     # Files the code loads from beside its modules (e.g. schemas/data_gate.pbtxt, the data gate's TFDV
-    # schema): without them a non-editable install (`pip install .`, the component image) lacks them.
-    # tests/test_packaging.py builds the wheel and checks every such file is inside.
-    package_data={"": ["*.pbtxt", "*.yaml", "*.yml", "*.json", "*.txt", "*.csv"]},
+    # schema; schemas/metas/*.yaml, the bundled dataset metas): without them a non-editable install
+    # (`pip install .`, the component image) lacks them. tests/test_packaging.py builds the wheel and
+    # checks every such file is inside.
+    package_data={"": ["*.pbtxt", "*.yaml", "*.yml", "*.json", "*.txt", "*.csv"], "schemas": ["metas/*.yaml"]},
     install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"test": [
         "pytest>=8,<9", "pytest-timeout>=2.3,<3",

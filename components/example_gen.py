@@ -56,9 +56,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from components import ingest_core as core
-from toolkit import cli
+from components import metrics_coco
 from schemas import examples as examples_layout
 from schemas import jsonio
+from toolkit import cli
 
 RECORDS_PER_SHARD = 1000
 """Shard size target when ``data.num_shards`` is None (about 30 MB at 256x192)."""
@@ -356,8 +357,10 @@ def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
 
 def _check_arguments(dataset: str, out_dir: str, config: Mapping[str, Any], splits: Mapping[str, Tuple],
                      det_file: str | None) -> None:
-    if dataset not in ("coco", "mpii"):
-        raise ValueError(f"dataset must be 'coco' or 'mpii', got {dataset!r}")
+    from schemas.keypoints import SCHEMAS
+
+    if dataset not in SCHEMAS and not (isinstance(config, Mapping) and config.get("dataset_meta")):
+        raise ValueError(f"dataset must be one of {sorted(SCHEMAS)} or come from a dataset meta, got {dataset!r}")
     if not out_dir:
         raise ValueError("out_dir must be a non-empty path")
     if not isinstance(config, Mapping) or "data" not in config:
@@ -373,8 +376,8 @@ def _check_arguments(dataset: str, out_dir: str, config: Mapping[str, Any], spli
                              f"got {annotations!r} and {images!r}")
     if det_file and "eval" not in given:
         raise ValueError("det_file needs eval_annotations and eval_images (the image list)")
-    if det_file and dataset != "coco":
-        raise ValueError("det_file is only supported for dataset 'coco'")
+    if det_file and dataset == "mpii":
+        raise ValueError("det_file is only supported for COCO-format annotations (not dataset 'mpii')")
     if config.get("approach", "top_down") == "bottom_up":
         if dataset != "coco":
             raise ValueError(f"approach bottom_up needs COCO-format annotations (dataset 'coco'; the loss mask "
@@ -395,9 +398,9 @@ def _load_split(dataset: str, split: str, annotations: str, images: str, config:
         from components import ingest_bottom_up
 
         return ingest_bottom_up.load_coco(split, annotations, images, config)
-    if dataset == "coco":
-        return core.load_coco(split, annotations, images, config, det_file if split == "eval" else None)
-    return core.load_mpii(split, annotations, images, config)
+    if dataset == "mpii" and not config.get("dataset_meta"):
+        return core.load_mpii(split, annotations, images, config)
+    return core.load_coco(split, annotations, images, config, det_file if split == "eval" else None)
 
 
 def _remove(path: str) -> None:
@@ -445,6 +448,10 @@ def _content_hash(dataset: str, config: Mapping[str, Any], sources: Mapping[str,
         "files": {role: entry["sha256"] for role, entry in sources.items() if "sha256" in entry},
         "images": [list(digest) for digest in digests],
     }
+    if config.get("dataset_meta") or dataset not in ("coco", "mpii"):  # COCO/MPII hashes stay as they were
+        from schemas.dataset_meta import schema_for
+
+        payload["dataset_meta_hash"] = schema_for(config).hash
     if config.get("approach", "top_down") == "bottom_up":  # top-down hashes stay as they were
         from schemas import bottom_up
 
@@ -481,7 +488,9 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
     """Runs ExampleGen and publishes ``out_dir``; returns the manifest.
 
     Args:
-        dataset: ``"coco"`` or ``"mpii"`` (must equal ``config["dataset"]``).
+        dataset: a bundled name (``"coco"``, ``"mpii"``, ``"ap10k"``, ...) or the ``dataset_name`` of
+            the config's ``dataset_meta`` (must equal ``config["dataset"]``); every other
+            name reads COCO-format annotation files with the meta's layout and categories.
         out_dir: output folder (local or ``gs://``); replaced when it exists.
         config: loaded experiment config (:func:`pose.config.load_config`);
             ``data`` gives the crop/heatmap geometry, padding, detector score
@@ -498,7 +507,8 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
         ``{split: records}``, ``skipped`` ``{reason: count}`` (all splits),
         ``skipped_by_split``, ``num_shards``, ``schema_version``,
         ``input_size``, ``heatmap_size``, ``sigma``, ``num_joints``,
-        ``dataset``, ``box_source``, ``sources``, ``images_read``,
+        ``dataset``, ``dataset_meta`` (the layout, :meth:`KeypointSchema.to_meta`),
+        ``dataset_meta_hash``, ``dataset_meta_source``, ``box_source``, ``sources``, ``images_read``,
         ``area_from_box`` ``{split: n}`` (annotations without ``area`` whose OKS
         area was derived from the box, :func:`components.metrics_coco.oks_area`),
         ``content_hash``, ``heatmap_storage``, ``dead_letter``.
@@ -512,8 +522,9 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
     _check_arguments(dataset, out_dir, config, splits, det_file)
     bottom_up = config.get("approach", "top_down") == "bottom_up"
     from schemas import features
-    from schemas.keypoints import get_schema
+    from schemas.dataset_meta import schema_for
 
+    schema = schema_for(config)
     out_dir = out_dir.rstrip("/")
     loaded = {split: _load_split(dataset, split, annotations, images, config, det_file)
               for split, (annotations, images) in splits.items() if annotations}
@@ -583,7 +594,12 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
         manifest = {
             "schema_version": features.SCHEMA_VERSION,
             "dataset": dataset,
-            "num_joints": get_schema(dataset).num_joints,
+            "num_joints": schema.num_joints,
+            # the layout the records were made with (a Trainer refuses Examples of another meta hash)
+            "dataset_meta": schema.to_meta(),
+            "dataset_meta_hash": schema.hash,
+            "dataset_meta_source": (config["dataset_meta"] if isinstance(config.get("dataset_meta"), str)
+                                    else f"bundled:{schema.name}"),
             "splits": {split: counts[split] for split in core.SPLITS if split in counts},
             "skipped": dict(sorted(skipped.items())),
             "skipped_by_split": skipped_by_split,
@@ -600,6 +616,7 @@ def run_example_gen(dataset: str, out_dir: str, config: dict, train_annotations:
             "det_score_threshold": float(data["det_score_threshold"]) if det_file else None,
             # ground-truth annotations without area: OKS area = 0.53 * box w * h (metrics_coco.oks_area)
             "area_from_box": {split: int(loaded[split].get("area_from_box", 0)) for split in loaded},
+            "area_rule": f"{metrics_coco.AREA_FROM_BOX_FACTOR} * bbox w * h where an annotation has no usable area",
             "images_read": {split: sum(1 for digest in stats["digests"] if digest[0] == split)
                             for split in loaded},
             "sources": sources,
@@ -628,7 +645,13 @@ def _parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
         description="COCO/MPII annotations -> person-crop TFRecords (TFX layout) with DARK heatmaps. "
                     "Other flags must be Beam pipeline options (checked by Beam's option parser); "
                     "they are passed to Beam unchanged.")
-    parser.add_argument("--dataset", required=True, choices=("coco", "mpii"))
+    from schemas.keypoints import SCHEMAS
+
+    parser.add_argument("--dataset", choices=sorted(SCHEMAS),
+                        help="bundled dataset meta (coco, mpii: HRNet's JSON list, crowdpose, ap10k, onehand10k); "
+                             "default coco, or the --dataset-meta's")
+    parser.add_argument("--dataset-meta", help="dataset meta file (YAML/JSON): the keypoint layout of COCO-format "
+                                               "annotation files (overrides the config's dataset_meta)")
     parser.add_argument("--train-annotations", help="COCO keypoints JSON or HRNet MPII JSON (train split)")
     parser.add_argument("--train-images", help="image folder of the train split (local or gs://)")
     parser.add_argument("--eval-annotations", help="annotations of the eval split")
@@ -666,8 +689,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_overrides["det_score_threshold"] = args.det_score_threshold
     if args.num_shards is not None:
         data_overrides["num_shards"] = args.num_shards
-    overrides = {"data": data_overrides} if data_overrides else None
+    overrides: Dict[str, Any] | None = {"data": data_overrides} if data_overrides else None
+    if args.dataset_meta:
+        overrides = dict(overrides or {}, dataset_meta=args.dataset_meta)
     try:
+        if args.dataset_meta and args.dataset == "mpii":
+            raise ValueError("--dataset-meta reads COCO-format annotation files; --dataset mpii is HRNet's MPII list")
         if args.config:
             from pose.config import load_config
 
@@ -675,9 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.approach and config["approach"] != args.approach:
                 raise ValueError(f"--approach {args.approach} but {args.config} has approach {config['approach']!r}")
         else:
-            config = default_config(args.dataset, overrides, args.approach or "top_down")
+            config = default_config(args.dataset or "coco", overrides, args.approach or "top_down")
+        if args.dataset and config["dataset"] != args.dataset:
+            raise ValueError(f"--dataset {args.dataset} but the config/meta is for {config['dataset']!r}")
         manifest = run_example_gen(
-            args.dataset, args.out, config, train_annotations=args.train_annotations,
+            config["dataset"], args.out, config, train_annotations=args.train_annotations,
             train_images=args.train_images, eval_annotations=args.eval_annotations,
             eval_images=args.eval_images, det_file=args.det_file, beam_args=beam_args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

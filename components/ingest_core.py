@@ -33,9 +33,12 @@ reason                        unit   meaning
 ============================  =====  ==============================================
 crowd                         anno   ``iscrowd`` region (selection rule)
 no_keypoints                  anno   no labelled keypoint (selection rule, COCO)
-not_person                    anno   ``category_id != 1`` (selection rule)
+not_person                    anno   a category the dataset meta does not read (COCO: ``!= 1``;
+                                     a meta: its ``category_ids``, default every category
+                                     with K keypoint names) (selection rule)
 det_score_below_threshold     box    detector score < ``data.det_score_threshold``
 malformed_annotation          anno   missing/non-numeric fields
+keypoint_count_mismatch       anno   ``keypoints`` length is not 3 K of the dataset meta
 unknown_image                 anno   ``image_id`` not in the ``images`` list
 invalid_box                   anno   non-finite box, or width/height <= 0
 box_outside_image             anno   zero area after clipping to the image
@@ -69,6 +72,8 @@ from components import metrics_coco
 from pose import coordinates
 from pose.images import pillow_to_rgb8, sniff_format
 from schemas import features
+from schemas import dataset_meta
+from schemas.dataset_meta import schema_for
 from schemas.keypoints import get_schema
 
 SPLITS = ("train", "eval")
@@ -78,6 +83,7 @@ SKIP_NO_KEYPOINTS = "no_keypoints"
 SKIP_NOT_PERSON = "not_person"
 SKIP_DET_SCORE = "det_score_below_threshold"
 SKIP_MALFORMED = "malformed_annotation"
+SKIP_KEYPOINT_COUNT = "keypoint_count_mismatch"   # an annotation with another joint count than the meta's
 SKIP_UNKNOWN_IMAGE = "unknown_image"
 SKIP_INVALID_BOX = coordinates.BOX_STATUS[coordinates.BOX_INVALID]          # "invalid_box"
 SKIP_BOX_OUTSIDE = coordinates.BOX_STATUS[coordinates.BOX_OUTSIDE_IMAGE]    # "box_outside_image"
@@ -254,14 +260,23 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
     Raises:
         InputError: a file is missing or malformed.
     """
-    num_joints = get_schema("coco").num_joints
+    schema = schema_for(config)
+    num_joints = schema.num_joints
+    name = config.get("dataset", "coco")
     data, digest = load_json(annotations, f"{split} annotations")
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"{annotations}: expected a COCO keypoints object with 'images' and 'annotations' lists")
-    tasks, loose_skips = _coco_images(data, images_dir, split, "coco", annotations)
+    if config.get("dataset_meta") is None and name == "coco":
+        categories = {PERSON_CATEGORY_ID}  # COCO person keypoints, as always
+    else:  # a dataset meta: its categories (AP-10K: 54 species), checked against the file before any work
+        try:
+            categories = set(dataset_meta.check_annotations(schema, data, annotations))
+        except dataset_meta.DatasetMetaError as error:
+            raise InputError(str(error)) from None
+    tasks, loose_skips = _coco_images(data, images_dir, split, name, annotations)
     sources = {f"{split}_annotations": {"path": annotations, "sha256": digest}}
     selection: Counter = Counter()
-    unknown = _new_task(split, "coco", -1, None, None, None, None)
+    unknown = _new_task(split, name, -1, None, None, None, None)
     unknown["skips"].extend(loose_skips)
     areas_from_box = 0  # selected annotations whose OKS area was derived from their box
 
@@ -275,11 +290,16 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
             except (KeyError, TypeError, ValueError):
                 unknown["skips"].append(_skip(SKIP_MALFORMED, split=split, annotation_entry=position))
                 continue
-            if category != PERSON_CATEGORY_ID:
+            if category not in categories:
                 selection[SKIP_NOT_PERSON] += 1
                 continue
             if crowd:
                 selection[SKIP_CROWD] += 1
+                continue
+            values = ann.get("keypoints")
+            if isinstance(values, (list, tuple)) and len(values) != 3 * num_joints:
+                unknown["skips"].append(_skip(SKIP_KEYPOINT_COUNT, split=split, annotation_id=ann_id,
+                                              values=len(values), expected=3 * num_joints))
                 continue
             try:
                 points, visibility = _coco_keypoints(ann["keypoints"], num_joints)
@@ -324,7 +344,7 @@ def load_coco(split: str, annotations: str, images_dir: str, config: Mapping[str
             except (KeyError, TypeError, ValueError):
                 unknown["skips"].append(_skip(SKIP_MALFORMED, split=split, detection_entry=position))
                 continue
-            if category != PERSON_CATEGORY_ID:
+            if category not in categories:
                 selection[SKIP_NOT_PERSON] += 1
                 continue
             if not score >= threshold:

@@ -605,6 +605,7 @@ def _empty_detections(api):
 
 def evaluate_results(gt: Any, results: Sequence[Mapping[str, Any]], sigmas: np.ndarray | None = None,
                      restrict_to_result_images: bool = False, source: str = "results",
+                     category_ids: Sequence[int] | None = None, joint_names: Sequence[str] | None = None,
                      ) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]]]:
     """Runs ``COCOeval(iouType="keypoints")`` on a results list, as given (no NMS, no rescoring).
 
@@ -617,6 +618,9 @@ def evaluate_results(gt: Any, results: Sequence[Mapping[str, Any]], sigmas: np.n
         restrict_to_result_images: evaluate only the images that have results
             (a subset evaluation); default all ground-truth images (the COCO protocol).
         source: name of the results (file) for messages.
+        category_ids: pycocotools ``params.catIds`` (the categories of a dataset meta, e.g.
+            AP-10K's 54 species); default every ground-truth category, as pycocotools.
+        joint_names: K names for the per-keypoint table (default: the first category's).
 
     Returns:
         ``(stats, per_keypoint)``: ``stats`` maps :data:`STAT_NAMES` to pycocotools' floats
@@ -634,18 +638,23 @@ def evaluate_results(gt: Any, results: Sequence[Mapping[str, Any]], sigmas: np.n
 
     api = gt if hasattr(gt, "loadRes") else load_ground_truth(gt)
     sigmas = COCO.sigmas() if sigmas is None else np.asarray(sigmas, np.float64)
-    joint_names = _joint_names(api, sigmas.size)
+    joint_names = list(joint_names) if joint_names is not None else _joint_names(api, sigmas.size)
     gt_source = getattr(api, "source", "ground truth")
     for annotation in api.dataset["annotations"]:
         if annotation.get("keypoints") and len(annotation["keypoints"]) != 3 * sigmas.size:
             raise ValueError(f"{gt_source}: annotation id {annotation.get('id')}: {len(annotation['keypoints'])} "
                              f"keypoint values, expected {3 * sigmas.size} ({sigmas.size} joints)")
-    results, result_notes = normalise_results(results, sigmas.size, api.getImgIds(), api.getCatIds(), source)
-    num_gt = sum(1 for a in api.dataset["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
+    results, result_notes = normalise_results(results, sigmas.size, api.getImgIds(),
+                                              api.getCatIds() if category_ids is None else category_ids, source)
+    scored = set(api.getCatIds() if category_ids is None else category_ids)
+    num_gt = sum(1 for a in api.dataset["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0)
+                 and a.get("category_id", 1) in scored)
     with contextlib.redirect_stdout(io.StringIO()):
         detections = api.loadRes(copy.deepcopy(results)) if results else _empty_detections(api)
         evaluator = COCOeval(api, detections, "keypoints")
         evaluator.params.kpt_oks_sigmas = sigmas
+        if category_ids is not None:
+            evaluator.params.catIds = sorted(int(c) for c in category_ids)
         if restrict_to_result_images:
             evaluator.params.imgIds = sorted({int(r["image_id"]) for r in results})
         evaluator.evaluate()

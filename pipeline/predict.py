@@ -189,9 +189,10 @@ class ServingModel:
 def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel:
     """Loads a SavedModel (TF2 loader) and reads K and the input size from its signatures.
 
-    The exported model does not name its dataset; its joint count does: the schema
-    of :mod:`schemas.keypoints` with K joints (COCO 17, MPII 16). ``dataset`` (from
-    ``--config``) must agree with it.
+    An export carries its dataset meta (``assets.extra/dataset_meta.json``,
+    :func:`schemas.dataset_meta.read_serving_meta`): its names and skeleton are drawn.
+    An older export without one is matched by its joint count (COCO 17, MPII 16).
+    ``dataset`` (from ``--config``) must agree with it.
 
     Raises:
         ValueError: no ``predict_image`` / ``heatmaps`` signature, a bottom-up model
@@ -200,8 +201,8 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     """
     import tensorflow as tf
 
-    from schemas import serving
-    from schemas.keypoints import SCHEMAS, get_schema
+    from schemas import dataset_meta, serving
+    from schemas.keypoints import COCO, MPII, get_schema
 
     loaded = tf.saved_model.load(saved_model_dir)
     missing = [name for name in (serving.PREDICT_IMAGE, serving.HEATMAPS) if name not in loaded.signatures]
@@ -216,16 +217,22 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     num_joints = signature.structured_outputs[serving.OUTPUT_KEYPOINTS].shape[1]
     crops = loaded.signatures[serving.HEATMAPS].structured_input_signature[1][serving.INPUT_IMAGES]
     input_size = tuple(int(v) for v in crops.shape[1:3])
-    if dataset is not None:
+    carried = dataset_meta.read_serving_meta(saved_model_dir)  # the export's own meta (skeleton, names)
+    if carried is not None and dataset in (None, carried.name):
+        schema = carried
+        if schema.num_joints != num_joints:
+            raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but its dataset meta "
+                             f"{schema.name!r} has {schema.num_joints}")
+    elif dataset is not None:
         schema = get_schema(dataset)
         if schema.num_joints != num_joints:
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but the config's "
                              f"dataset {dataset!r} has {schema.num_joints}")
     else:
-        matching = [schema for schema in SCHEMAS.values() if schema.num_joints == num_joints]
+        matching = [schema for schema in (COCO, MPII) if schema.num_joints == num_joints]  # exports without a meta
         if len(matching) != 1:
-            raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints; no single keypoint "
-                             f"schema has that many ({ {s.name: s.num_joints for s in SCHEMAS.values()} })")
+            raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints and carries no dataset "
+                             f"meta; no single keypoint schema has that many ({ {s.name: s.num_joints for s in (COCO, MPII)} })")
         schema = matching[0]
     return ServingModel(saved_model_dir, signature, int(num_joints), input_size, schema, loaded)
 

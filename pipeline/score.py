@@ -1,8 +1,10 @@
-"""Score existing predictions without a model: COCO keypoint AP or MPII PCKh.
+"""Score existing predictions without a model: OKS AP (COCO or any meta with sigmas), PCK/AUC/EPE or MPII PCKh.
 
 Usage::
 
     python -m pipeline.score --coco-gt person_keypoints_val2017.json --results results.json
+    python -m pipeline.score --coco-gt ann.json --results results.json --dataset-meta meta.yaml
+    python -m pipeline.score --coco-gt ann.json --results results.json --dataset ap10k|crowdpose|onehand10k
     python -m pipeline.score --mpii-gt gt_valid.mat --preds pred.mat [--preds-index-base 1|0]
 
 COCO results are scored as given (no rescoring or NMS: that is the Evaluator's
@@ -23,9 +25,18 @@ pixels: the references add 1 before saving. ``--preds-index-base 0`` reads files
 holding 0-based pixels (1 is added). ``--preds`` may be left out when the gt file
 itself holds ``pos_pred_src``.
 
+With ``--dataset-meta <file>`` (or ``--dataset <bundled name>``) the layout comes
+from the dataset meta (:mod:`schemas.dataset_meta`), checked against the annotation
+file first (joint count, category names): metric ``oks`` runs COCOeval with the
+meta's ``kpt_oks_sigmas`` over the meta's categories (``params.catIds``); metric
+``pck`` (a set without sigmas) reports PCK@0.2 of the box's longer side, AUC and EPE
+in pixels (:mod:`components.metrics_pck`). Without either flag the file must be
+COCO's person layout: a category whose keypoint names are not COCO's is refused,
+so OKS AP with COCO's sigmas on another layout cannot be computed.
+
 Prints a table, then, as the last line, one JSON object with the stats:
-``{"AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L"}``
-or ``{"Head", ..., "Ankle", "Mean", "Mean14", "Mean@0.1", ...}``.
+``{"AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L"}``,
+``{"PCK@0.2", "AUC", "EPE"}`` or ``{"Head", ..., "Ankle", "Mean", "Mean14", "Mean@0.1", ...}``.
 Exit status: 0 on success, 2 on bad input or any failure (one line on stderr
 naming the file and, where there is one, the entry).
 """
@@ -36,20 +47,48 @@ from typing import Dict, List
 
 import numpy as np
 
-from components import metrics_coco, metrics_mpii
+from components import metrics_coco, metrics_mpii, metrics_pck
+from schemas import dataset_meta, jsonio
+from schemas.dataset_meta import KeypointSchema
 from toolkit import cli
-from schemas import jsonio
 
 
-def score_coco(gt_path: str, results_path: str) -> Dict[str, float]:
+def _require_coco_layout(api, gt_path: str) -> None:
+    """Refuses a ground truth whose categories name other joints than COCO's 17 (no meta given)."""
+    coco = dataset_meta.bundled("coco")
+    ours = [dataset_meta._normal(name) for name in coco.joint_names]
+    for category in api.dataset.get("categories") or []:
+        names = category.get("keypoints") or []
+        if names and [dataset_meta._normal(name) for name in names] != ours:
+            raise dataset_meta.DatasetMetaError(
+                f"{gt_path}: category {category.get('id')} ({category.get('name')!r}) has {len(names)} keypoints "
+                f"{list(names[:3])}... that are not COCO's 17 person keypoints: OKS AP with COCO's sigmas would be "
+                "meaningless; give --dataset-meta <meta> (or --dataset <name>)")
+
+
+def score_coco(gt_path: str, results_path: str, schema: KeypointSchema | None = None) -> Dict[str, float]:
     """The ten COCO keypoint stats of a results file (plus per-keypoint numbers printed).
 
+    Args:
+        schema: a dataset meta with sigmas (its sigmas and categories are used); ``None``: COCO
+            person keypoints, and the ground truth must have COCO's layout.
+
     Raises:
-        ValueError: malformed ground truth or results (naming the file and entry).
+        ValueError: malformed ground truth or results (naming the file and entry), a meta without
+            sigmas, or a ground truth that does not match the layout.
     """
     api = metrics_coco.load_ground_truth(gt_path)
-    stats, per_keypoint = metrics_coco.evaluate_results(api, metrics_coco.load_results(results_path),
-                                                        source=results_path)
+    results = metrics_coco.load_results(results_path)
+    if schema is None:
+        _require_coco_layout(api, gt_path)
+        stats, per_keypoint = metrics_coco.evaluate_results(api, results, source=results_path)
+    else:
+        categories = dataset_meta.check_annotations(schema, api.dataset, gt_path)
+        stats, per_keypoint = metrics_coco.evaluate_results(api, results, schema.sigmas(), source=results_path,
+                                                            category_ids=categories,
+                                                            joint_names=schema.joint_names)
+        print(f"dataset meta: {dataset_meta.describe(schema)}; categories {categories[:10]}"
+              f"{' ...' if len(categories) > 10 else ''} ({len(categories)})")
     print(f"{'metric':<8} {'value':>8}")
     for name, value in metrics_coco.iter_stat_items(stats):
         print(f"{name:<8} {value:8.4f}")
@@ -66,6 +105,36 @@ def score_coco(gt_path: str, results_path: str) -> Dict[str, float]:
         if value == -1:
             print(f"note: {name} = -1: pycocotools found no ground-truth person in that size range")
     return {name: round(float(stats[name]), 6) for name in metrics_coco.STAT_NAMES}
+
+
+def score_pck(gt_path: str, results_path: str, schema: KeypointSchema) -> Dict[str, float]:
+    """PCK@0.2 of the box's longer side, AUC (alpha 0..0.5) and EPE (pixels) of a results file.
+
+    Results are matched to the labelled annotations one to one (:func:`components.metrics_pck.match_results`).
+
+    Raises:
+        ValueError: malformed files, a layout mismatch, or results that do not match the annotations.
+    """
+    api = metrics_coco.load_ground_truth(gt_path)
+    categories = dataset_meta.check_annotations(schema, api.dataset, gt_path)
+    for annotation in api.dataset["annotations"]:
+        if annotation.get("category_id") in categories and annotation.get("keypoints") \
+                and len(annotation["keypoints"]) != 3 * schema.num_joints:
+            raise ValueError(f"{gt_path}: annotation id {annotation.get('id')}: {len(annotation['keypoints'])} "
+                             f"keypoint values, expected {3 * schema.num_joints} ({schema.num_joints} joints)")
+    raw = metrics_coco.load_results(results_path)
+    metrics_coco.normalise_results(raw, schema.num_joints, api.getImgIds(), categories, results_path)  # checks only
+    checked = [dict(r, image_id=int(r["image_id"]), category_id=int(r.get("category_id", 1))) for r in raw]
+    pred, gt, scored, sizes = metrics_pck.match_results(api.dataset, checked, schema.num_joints, categories,
+                                                        source=results_path, gt_source=gt_path)
+    stats = metrics_pck.pck_auc_epe(pred, gt, scored, sizes)
+    print(f"dataset meta: {dataset_meta.describe(schema)}")
+    print(f"{'metric':<8} {'value':>10}")
+    for name in metrics_pck.STAT_NAMES:
+        print(f"{name:<8} {stats[name]:10.4f}{' px' if name == 'EPE' else ''}")
+    print(f"instances: {stats['instances']}  joints scored: {stats['joints_scored']}  "
+          f"(PCK normalised by the box's longer side; AUC over alpha 0..{metrics_pck.AUC_MAX_ALPHA})")
+    return {name: round(float(stats[name]), 6) for name in metrics_pck.STAT_NAMES}
 
 
 def score_mpii(gt_path: str, preds_path: str | None,
@@ -116,6 +185,10 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--preds-index-base", type=int, choices=(0, 1), default=metrics_mpii.PREDICTION_INDEX_BASE,
                         help="pixel index base of the --preds file: 1 (default; HRNet/DarkPose pred.mat, "
                              "bearpaw, Tompson) or 0 (0-based pixels: 1 is added)")
+    parser.add_argument("--dataset", choices=sorted(dataset_meta.BUNDLED),
+                        help="bundled dataset meta of the --coco-gt file (default: COCO person keypoints)")
+    parser.add_argument("--dataset-meta", help="dataset meta file (YAML/JSON) of the --coco-gt file: OKS AP with "
+                                               "its sigmas and categories, or PCK/AUC/EPE (metric pck)")
     args = parser.parse_args(argv)
     files = " and ".join(path for path in (args.coco_gt or args.mpii_gt, args.results or args.preds) if path)
     try:
@@ -124,8 +197,18 @@ def main(argv: List[str] | None = None) -> int:
         if args.coco_gt:
             if not args.results:
                 raise ValueError("--results is required with --coco-gt")
-            stats = score_coco(args.coco_gt, args.results)
+            schema = None
+            if args.dataset_meta or (args.dataset and args.dataset != "coco"):
+                schema = dataset_meta.resolve(args.dataset, args.dataset_meta)
+            if schema is not None and schema.metric == "pck":
+                stats = score_pck(args.coco_gt, args.results, schema)
+            elif schema is not None and schema.metric == "pckh":
+                raise ValueError(f"dataset meta {schema.name!r} is scored by PCKh: use --mpii-gt")
+            else:
+                stats = score_coco(args.coco_gt, args.results, schema)
         elif args.mpii_gt:
+            if args.dataset_meta or args.dataset not in (None, "mpii"):
+                raise ValueError("--dataset-meta / --dataset other than mpii go with --coco-gt (COCO-format files)")
             stats = score_mpii(args.mpii_gt, args.preds, args.preds_index_base)
         else:
             raise ValueError("one of --coco-gt or --mpii-gt is required")

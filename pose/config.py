@@ -24,7 +24,12 @@ Derived values (never written by hand in the files):
 
 Sections:
 
-* ``dataset``: keypoint schema name (``coco`` / ``mpii``), see :mod:`schemas.keypoints`.
+* ``dataset``: name of a bundled keypoint schema (``coco``, ``mpii``, ``crowdpose``,
+  ``ap10k``, ``onehand10k``), see :mod:`schemas.keypoints`.
+* ``dataset_meta``: a dataset meta file (YAML or JSON, local or ``gs://``) or an
+  inline meta mapping, validated at load (:mod:`schemas.dataset_meta`); it owns the
+  joint layout and sets ``dataset`` to its ``dataset_name``. Every stage turns a
+  config into its layout with :func:`schemas.dataset_meta.schema_for`.
 * ``model``: ``name`` plus the builder's keyword arguments (validated by the builder);
   ``model.pretrained``: backbone weights loaded before training (a local or
   ``gs://`` file; torchvision / HRNet ImageNet ``.pth`` or Keras ResNet ``.h5``,
@@ -51,11 +56,13 @@ from typing import Any, Dict, Mapping
 
 import yaml
 
+from schemas import dataset_meta
 from schemas.keypoints import SCHEMAS
 
 DEFAULTS: Dict[str, Any] = {
     "name": None,  # defaults to the file's stem
     "dataset": "coco",
+    "dataset_meta": None,              # a dataset meta file (YAML/JSON) or an inline mapping; sets `dataset`
     "approach": "top_down",            # top_down | bottom_up
     "model": {"name": "simplebaseline"},
     "data": {
@@ -271,8 +278,22 @@ def _finish_bottom_up(config: Dict[str, Any]) -> None:
     section["body_sigma"] = float(section["body_sigma"])
 
 
+def _validate_meta(config: Dict[str, Any]) -> None:
+    meta = config.get("dataset_meta")
+    if meta is None:
+        return
+    if not (isinstance(meta, str) and meta.strip()) and not isinstance(meta, Mapping):
+        raise ValueError(f"dataset_meta must be a meta file path or a mapping, got {meta!r}")
+    schema = dataset_meta.schema_for(config)  # DatasetMetaError (a ValueError) naming file and field
+    if config["dataset"] not in ("coco", schema.name):
+        raise ValueError(f"dataset {config['dataset']!r} disagrees with dataset_meta's dataset_name "
+                         f"{schema.name!r}: leave dataset out when dataset_meta is set")
+    config["dataset"] = schema.name
+
+
 def _validate(config: Dict[str, Any]) -> None:
-    if config["dataset"] not in SCHEMAS:
+    _validate_meta(config)
+    if config.get("dataset_meta") is None and config["dataset"] not in SCHEMAS:
         raise ValueError(f"dataset must be one of {sorted(SCHEMAS)}, got {config['dataset']!r}")
     if not isinstance(config["model"], Mapping) or not config["model"].get("name"):
         raise ValueError("model.name is required")
@@ -421,6 +442,11 @@ def load_config(path: str, small_run: bool = False, overrides: Mapping[str, Any]
             raise ValueError(f"config {path} is not valid YAML: {error}") from error
     if not isinstance(raw, Mapping):
         raise ValueError(f"config {path} must hold a mapping at the top level")
+    meta = raw.get("dataset_meta")
+    if isinstance(meta, str) and "://" not in meta and not os.path.isabs(meta) and not os.path.exists(meta):
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), meta)
+        if os.path.exists(beside):  # a relative meta path is read from the cwd, else beside the config
+            raw = {**raw, "dataset_meta": beside}
     stem = os.path.splitext(os.path.basename(path))[0]
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     default_name = f"{parent}/{stem}" if parent in SCHEMAS else stem

@@ -51,7 +51,7 @@ import tensorflow as tf
 
 from pose import bottom_up_codec_tf, coordinates
 from pose.bottom_up_codec import target_geometry
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer import augment
 
 
@@ -124,7 +124,7 @@ def apply_transform(images: tf.Tensor, keypoints: tf.Tensor, mask: tf.Tensor, pa
     geometry = target_geometry(config)
     size = geometry.input_size
     height, width = geometry.output_size
-    flip_index = tf.constant(np.asarray(get_schema(config["dataset"]).flip_index, np.int32))
+    flip_index = tf.constant(np.asarray(schema_for(config).flip_index, np.int32))
     flip = tf.cast(params["flip"], tf.bool)
     matrix = augment.transform_matrix(params["center"], params["scale"], params["rotation"], flip, (size, size))
 

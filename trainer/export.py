@@ -68,7 +68,7 @@ from pose import codec_tf, coordinates
 from pose.images import decode_image_tf
 from pose.codec import HeatmapCodec
 from schemas import features, serving
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer import export_bottom_up
 from trainer.models import attention_model, prediction
 from trainer.saved_model_variables import track_captured_variables
@@ -336,7 +336,7 @@ class PoseServingModule(tf.Module):
         self._codec = codec
         self._input_size = tuple(int(v) for v in codec.input_size)
         self._flip_test = bool(config["eval"]["flip_test"])
-        schema = get_schema(config["dataset"])
+        schema = schema_for(config)
         self._num_joints = schema.num_joints
         self._flip_index = np.asarray(schema.flip_index, np.int32)
         self._padding = float(config["data"]["padding"])
@@ -505,7 +505,7 @@ def export_serving_model(model, config: Mapping[str, Any], codec: HeatmapCodec, 
     module = PoseServingModule(model, config, codec)
     probe = module.heatmaps.get_concrete_function()
     output_shape = tuple(probe.structured_outputs[serving.OUTPUT_HEATMAPS].shape[1:])
-    expected = (*codec.heatmap_size, get_schema(config["dataset"]).num_joints)
+    expected = (*codec.heatmap_size, schema_for(config).num_joints)
     if None not in output_shape and output_shape != expected:
         raise ValueError(f"model output {output_shape} does not match the codec heatmaps {expected}")
     signatures = {
@@ -515,6 +515,9 @@ def export_serving_model(model, config: Mapping[str, Any], codec: HeatmapCodec, 
     }
     track_captured_variables(module, signatures.values())
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    from schemas import dataset_meta
+
+    dataset_meta.write_serving_meta(schema_for(config), export_dir)  # names, flip index, skeleton travel along
     return export_dir
 
 

@@ -40,7 +40,7 @@ import tensorflow as tf
 from pose.codec import HeatmapCodec
 from pose.images import decode_image_tf
 from schemas import features
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer import augment
 from trainer.records import AUTOTUNE, compression_type, list_files, read_records, shuffle_settings
 
@@ -71,7 +71,7 @@ def make_decode_fn(config: Mapping[str, Any], codec: HeatmapCodec, decode_heatma
     pixels, ``visibility`` (K,) int32 and, when ``decode_heatmaps``,
     ``heatmaps`` (H_hm, W_hm, K) float32 and ``target_weight`` (K,) float32.
     """
-    num_joints = get_schema(config["dataset"]).num_joints
+    num_joints = schema_for(config).num_joints
     in_h, in_w = codec.input_size
 
     def decode(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -95,16 +95,41 @@ def make_decode_fn(config: Mapping[str, Any], codec: HeatmapCodec, decode_heatma
 
 def make_augment_fn(config: Mapping[str, Any], codec: HeatmapCodec, seed: int):
     """Returns ``(batch_index, batch dict) -> (inputs, targets)`` that augments a decoded batch."""
-    schema = get_schema(config["dataset"])
+    schema = schema_for(config)
     augmentation = dict(config["augmentation"])
+    if not schema.has_half_body:  # the meta names no upper body: half-body augmentation is off
+        augmentation["half_body_prob"] = 0.0
+    weights = joint_weights(config)
 
     def augment_fn(batch_index: tf.Tensor, batch: Mapping[str, tf.Tensor]):
         batch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(batch_index, tf.int64)])
         out = augment.augment_batch(batch["image"], batch["keypoints"], batch["visibility"], codec,
                                     augmentation, schema.flip_index, schema.upper_body_mask, batch_seed)
-        return {"image": out["image"]}, {"heatmaps": out["heatmaps"], "target_weight": out["target_weight"]}
+        target_weight = out["target_weight"] if weights is None else out["target_weight"] * weights
+        return {"image": out["image"]}, {"heatmaps": out["heatmaps"], "target_weight": target_weight}
 
     return augment_fn
+
+
+def joint_weights(config: Mapping[str, Any]) -> tf.Tensor | None:
+    """The meta's ``joint_weights`` (K,) float32 multiplied into ``target_weight``, or None (all 1)."""
+    schema = schema_for(config)
+    if schema.joint_weights is None or all(weight == 1.0 for weight in schema.joint_weights):
+        return None
+    return tf.constant(schema.weights(), tf.float32)
+
+
+def make_stored_targets_fn(config: Mapping[str, Any]):
+    """Returns ``batch -> (inputs, targets)`` on the stored heatmaps (augmentation off), joint weights applied."""
+    weights = joint_weights(config)
+
+    def stored_targets(batch: Mapping[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
+        inputs, targets = _stored_targets(batch)
+        if weights is not None:
+            targets = dict(targets, target_weight=targets["target_weight"] * weights)
+        return inputs, targets
+
+    return stored_targets
 
 
 def _stored_targets(batch: Mapping[str, tf.Tensor]) -> Tuple[Dict[str, tf.Tensor], Dict[str, tf.Tensor]]:
@@ -169,7 +194,8 @@ def make_dataset(file_pattern: str | List[str], config: Dict[str, Any], codec: H
         augment_fn = make_augment_fn(config, codec, seed + 1_000_003 * pipeline_id)
         dataset = dataset.enumerate().map(augment_fn, num_parallel_calls=AUTOTUNE, deterministic=False)
     else:
-        dataset = dataset.map(_stored_targets, num_parallel_calls=AUTOTUNE, deterministic=not training)
+        dataset = dataset.map(make_stored_targets_fn(config), num_parallel_calls=AUTOTUNE,
+                              deterministic=not training)
     options = tf.data.Options()
     options.deterministic = not training
     # The strategy shards through input_context here; stop tf.distribute from sharding again.

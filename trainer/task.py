@@ -31,6 +31,7 @@ from pose.codec import HeatmapCodec
 from pose.config import load_config
 from schemas import examples as examples_layout
 from schemas import serving
+from schemas.dataset_meta import schema_for
 from schemas import jsonio
 from trainer import distribution, export, input_pipeline, pretrained, train_loop
 from trainer.models import build_model
@@ -43,6 +44,33 @@ def _count_records(files: Sequence[str]) -> int:
     compression = "GZIP" if files and files[0].endswith(".gz") else ""
     dataset = tf.data.TFRecordDataset(list(files), compression_type=compression)
     return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
+
+
+def _manifest_of(train_files: Sequence[str]) -> Dict[str, Any] | None:
+    split_dirs = {os.path.dirname(path) for path in train_files}
+    if len(split_dirs) != 1:
+        return None
+    manifest = os.path.join(os.path.dirname(split_dirs.pop()), examples_layout.MANIFEST_FILE)
+    if not tf.io.gfile.exists(manifest):
+        return None
+    with tf.io.gfile.GFile(manifest, "r") as handle:
+        return dict(json.loads(handle.read()), path=manifest)
+
+
+def check_examples_meta(train_files: Sequence[str], config: Mapping[str, Any]) -> None:
+    """Refuses Examples made with another dataset meta than the config's (manifest ``dataset_meta_hash``).
+
+    Raises:
+        ValueError: naming the manifest, both layouts and both hashes.
+    """
+    manifest = _manifest_of(train_files)
+    if not manifest or "dataset_meta_hash" not in manifest:
+        return  # Examples from before dataset metas (COCO/MPII): checked record by record (dataset, K)
+    schema = schema_for(config)
+    if manifest["dataset_meta_hash"] != schema.hash:
+        raise ValueError(f"{manifest['path']}: the Examples were made with dataset meta "
+                         f"{manifest.get('dataset')!r} (hash {manifest['dataset_meta_hash'][:12]}) but the config's is "
+                         f"{schema.name!r} (hash {schema.hash[:12]}): run ExampleGen with the same meta")
 
 
 def _num_train_records(train_files: Sequence[str]) -> int:
@@ -114,6 +142,7 @@ def train_on_files(train_files: str | Sequence[str], config: Mapping[str, Any], 
     log(export.check_precision(*export.export_precision(config)))
     strategy = strategy or distribution.choose_strategy()
     train_config = config["train"]
+    check_examples_meta(files, config)
     num_records = _num_train_records(files)
     plan = plan_steps(train_config, num_records, max_steps)
     codec = HeatmapCodec.from_config(config)

@@ -90,7 +90,7 @@ import numpy as np
 from keras import layers
 
 from schemas import bottom_up as bottom_up_schema
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer.models.common import batch_norm, merge_options, normalized_input
 from trainer.models.simple_baseline import STAGES, conv_bn, resnet_backbone
 
@@ -201,7 +201,7 @@ def build(config: Mapping[str, Any]) -> keras.Model:
             f"(input {input_height}, backbone stride {backbone_stride}, heatmap stride {heatmap_stride}); "
             f"use an input size S with S % {backbone_stride} == 1, "
             f"e.g. {backbone_stride * (input_height // backbone_stride) + 1}")
-    num_joints = get_schema(config["dataset"]).num_joints
+    num_joints = schema_for(config).num_joints
     num_directed_edges = bottom_up_schema.num_edges(config["dataset"])
     synchronized = options["sync_batchnorm"]
 

@@ -58,7 +58,7 @@ from typing import Any, Dict, List, Mapping
 import keras
 from keras import layers
 
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer.models.common import batch_norm, merge_options, normalized_input, stride_heatmap_size
 
 # ImageNet statistics of RGB images in 0..1 (the published weights' pre-training).
@@ -257,7 +257,7 @@ def build(config: Mapping[str, Any]) -> keras.Model:
     """
     options = model_options(config)
     input_height, input_width = stride_heatmap_size(config, OUTPUT_STRIDE, "hrnet")
-    num_joints = get_schema(config["dataset"]).num_joints
+    num_joints = schema_for(config).num_joints
     synchronized = options["sync_batchnorm"]
 
     inputs, x = normalized_input(input_height, input_width)

@@ -76,7 +76,7 @@ from typing import Any, Dict, Mapping, Sequence
 import keras
 from keras import layers
 
-from schemas.keypoints import get_schema
+from schemas.dataset_meta import schema_for
 from trainer.models.common import batch_norm, merge_options, normalized_input
 
 # ImageNet statistics of RGB images in 0..1 (the backbones' pre-training).
@@ -299,7 +299,7 @@ def build(config: Mapping[str, Any]) -> keras.Model:
             f"(input {input_height}x{input_width}, backbone stride {backbone_stride}, {num_deconv} deconvolutions); "
             f"use an input size divisible by {backbone_stride} and "
             f"data.heatmap_stride={max(1, backbone_stride // 2 ** num_deconv)}")
-    num_joints = get_schema(config["dataset"]).num_joints
+    num_joints = schema_for(config).num_joints
     synchronized = options["sync_batchnorm"]
 
     inputs, x = normalized_input(input_height, input_width)
