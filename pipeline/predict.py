@@ -4,12 +4,20 @@ Command line::
 
     python -m pipeline.predict --model <model dir | SavedModel dir | push destination | pushed version> \\
         --images <folder | image file | video file> [--det-file <COCO detections json>] \\
-        [--det-score-threshold T] [--config <yaml>] [--draw-threshold 0.2] --out <dir>
+        [--det-score-threshold T] [--detector <SavedModel dir>] [--smooth] \\
+        [--config <yaml>] [--draw-threshold 0.2] --out <dir>
 
 Every prediction comes from the SavedModel's ``predict_image`` signature
 (:mod:`schemas.serving`; box rule, crop, flip test and DARK decoding in the
 graph), called once per image with all of that image's boxes; nothing is
-decoded in Python. What it writes into ``--out``:
+decoded in Python. A bottom-up model's ``predict_image`` takes the image
+alone and returns the people it finds (:mod:`pipeline.predict_bottom_up`;
+no boxes). ``--detector`` runs a person detector SavedModel in the TF Object
+Detection API convention on each image and gives its boxes to a top-down
+model (:mod:`pipeline.detector`). The people of a video's frames get track
+ids (:mod:`pipeline.predict_tracks`: :mod:`pose.tracking`, and with
+``--smooth`` One-Euro smoothing, :mod:`pose.smoothing`). What it writes into
+``--out``:
 
 * ``keypoint_results.json``: COCO keypoint results
   (``[{image_id, category_id: 1, keypoints: [x, y, s] * K, score}]``, strict
@@ -24,11 +32,13 @@ decoded in Python. What it writes into ``--out``:
   drawn (:func:`pose.draw.draw_poses`; joints scored below ``--draw-threshold``
   are not drawn), same size as the original, JPEG for JPEG inputs and PNG for
   PNG inputs. For a video: ``<video stem>_pose.mp4`` (OpenCV ``mp4v``, the
-  source's frame rate and size), one annotated frame per input frame, and
-  ``image_id`` = frame index (0-based) in the results.
+  source's frame rate and size), one annotated frame per input frame (skeletons
+  coloured by track, :mod:`pose.draw_tracks`), and ``image_id`` = frame index
+  (0-based) and ``track_id`` in the results.
 * ``predict_summary.json``: counts (images, people, skips by reason, boxes left
   out by the selection rules), every skip with its file and entry, the image
-  id of every file, the model and the settings used.
+  id of every file, the model and the settings used; for a video its frame
+  rate, frame count, frames read, unreadable and dropped, and the tracks.
 
 Boxes. Without ``--det-file`` each image is one box, the whole image
 ``[0, 0, W, H]`` with box score 1. With one, the boxes come from a COCO
@@ -80,10 +90,11 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from pipeline import predict_bottom_up
 from toolkit import cli
 
 RESULTS_FILE = "keypoint_results.json"
@@ -166,6 +177,7 @@ class ServingModel:
         schema: the keypoint schema with K joints (:mod:`schemas.keypoints`: 17 COCO, 16 MPII).
     """
 
+    box_free: ClassVar[bool] = False    # a top-down model: boxes in (pipeline.predict_bottom_up: True)
     path: str
     predict_image: Callable[..., Mapping[str, Any]]
     num_joints: int
@@ -194,15 +206,16 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     An older export without one is matched by its joint count (COCO 17, MPII 16).
     ``dataset`` (from ``--config``) must agree with it.
 
+    A bottom-up model (``predict_image`` without ``boxes``) gives a
+    :class:`pipeline.predict_bottom_up.BottomUpModel` (``box_free``).
+
     Raises:
-        ValueError: no ``predict_image`` / ``heatmaps`` signature, a bottom-up model
-            (``predict_image`` without ``boxes``), no schema with K joints, or
+        ValueError: no ``predict_image`` / ``heatmaps`` signature, no schema with K joints, or
             ``dataset`` has another joint count.
     """
     import tensorflow as tf
 
-    from schemas import dataset_meta, serving
-    from schemas.keypoints import COCO, MPII, get_schema
+    from schemas import serving
 
     loaded = tf.saved_model.load(saved_model_dir)
     missing = [name for name in (serving.PREDICT_IMAGE, serving.HEATMAPS) if name not in loaded.signatures]
@@ -210,13 +223,30 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
         raise ValueError(f"{saved_model_dir}: the SavedModel has no {missing} signature(s) "
                          f"(has {sorted(loaded.signatures)}); export it with trainer/export.py")
     signature = loaded.signatures[serving.PREDICT_IMAGE]
-    if serving.INPUT_BOXES not in signature.structured_input_signature[1]:
-        raise ValueError(f"{saved_model_dir}: a bottom-up (box-free) model: its predict_image takes the image alone "
-                         "and returns the people it finds; pipeline.predict runs top-down models (image + boxes). "
-                         "Call the bottom-up predict_image directly (docs/bottom_up.md, docs/serving.md)")
+
+    def schema_for(num_joints: int):
+        return _schema_for(saved_model_dir, num_joints, dataset)
+
+    if predict_bottom_up.is_bottom_up(signature):
+        return predict_bottom_up.load(loaded, saved_model_dir, schema_for)
     num_joints = signature.structured_outputs[serving.OUTPUT_KEYPOINTS].shape[1]
     crops = loaded.signatures[serving.HEATMAPS].structured_input_signature[1][serving.INPUT_IMAGES]
     input_size = tuple(int(v) for v in crops.shape[1:3])
+    return ServingModel(saved_model_dir, signature, int(num_joints), input_size, schema_for(num_joints), loaded)
+
+
+def _schema_for(saved_model_dir: str, num_joints: int, dataset: str | None):
+    """The keypoint schema of a model with ``num_joints`` joints; ``dataset`` (the config's) must agree.
+
+    The export's own dataset meta (``assets.extra/dataset_meta.json``) when it carries one; an older
+    export without one is matched by its joint count among COCO (17) and MPII (16).
+
+    Raises:
+        ValueError: the carried meta or ``dataset`` has another joint count, or no single schema has K joints.
+    """
+    from schemas import dataset_meta
+    from schemas.keypoints import COCO, MPII, get_schema
+
     carried = dataset_meta.read_serving_meta(saved_model_dir)  # the export's own meta (skeleton, names)
     if carried is not None and dataset in (None, carried.name):
         schema = carried
@@ -234,7 +264,7 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints and carries no dataset "
                              f"meta; no single keypoint schema has that many ({ {s.name: s.num_joints for s in (COCO, MPII)} })")
         schema = matching[0]
-    return ServingModel(saved_model_dir, signature, int(num_joints), input_size, schema, loaded)
+    return schema
 
 
 # --------------------------------------------------------------------------
@@ -457,9 +487,13 @@ class _Run:
     """State of one predict run: the model, the boxes, counters, the staging folder."""
 
     def __init__(self, model: ServingModel, detections: Detections | None, eval_config: Mapping[str, Any],
-                 padding: float, draw_threshold: float, staging: str):
+                 padding: float, draw_threshold: float, staging: str, detector: Any = None):
         self.model, self.detections, self.eval_config = model, detections, eval_config
         self.padding, self.draw_threshold, self.staging = padding, draw_threshold, staging
+        self.detector = detector                   # pipeline.detector.Detector or None
+        self.tracks = None                         # pipeline.predict_tracks.VideoTracks for a video
+        self.detector_selection: Counter = Counter()
+        self.detector_boxes = 0
         self.results: List[Dict[str, Any]] = []
         self.skips: List[Dict[str, Any]] = list(detections.skips) if detections else []
         self.images = 0
@@ -469,6 +503,12 @@ class _Run:
 
     def boxes_for(self, frame: _Frame) -> Tuple[np.ndarray, np.ndarray, List[int | None]]:
         """(N, 4) float32 boxes, (N,) box scores and the detection entry of each box, for one image."""
+        if self.detector is not None:
+            boxes, scores, left_out = self.detector(frame.pixels, frame.data)
+            self.detector_selection.update(left_out)
+            self.detector_boxes += len(boxes) + sum(left_out.values())
+            with np.errstate(over="ignore"):
+                return boxes.astype(np.float32), scores, [None] * len(boxes)
         if self.detections is None:
             height, width = frame.pixels.shape[:2]
             return np.array([[0.0, 0.0, width, height]], np.float32), np.ones(1), [None]
@@ -483,21 +523,50 @@ class _Run:
         return boxes, np.asarray([score for _, _, score in entries], np.float64), [e[0] for e in entries]
 
     def run_frame(self, frame: _Frame) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
-        """Predicts one image; returns its overlay (RGB) and its results."""
+        """Predicts one image; returns its overlay (RGB) and its results (with ``track_id`` in a video)."""
         import tensorflow as tf
 
-        from pose import coordinates, draw
-        from schemas import serving
+        from pose import draw, draw_tracks
 
         self.seen_ids.add(frame.image_id)
         self.seen_names.add(frame.name)
-        boxes, box_scores, entries = self.boxes_for(frame)
         try:
-            outputs = self.model(frame.data, boxes)
+            results = self._box_free_results(frame) if self.model.box_free else self._top_down_results(frame)
         except tf.errors.InvalidArgumentError as error:
             self.skips.append({"reason": SKIP_MODEL_ERROR, "file": frame.name, "image_id": frame.image_id,
                                "detail": " ".join(error.message.split())[:300]})
             return None, []
+        self.results.extend(results)
+        keypoints, scores = results_arrays(results, self.model.num_joints)
+        if self.tracks is not None:
+            track_ids = self.tracks.update(results)
+            keypoints, _ = results_arrays(results, self.model.num_joints)     # smoothed, with --smooth
+            overlay = draw_tracks.draw_tracked_poses(frame.pixels, keypoints, scores, track_ids, self.model.schema,
+                                                     self.draw_threshold)
+        else:
+            overlay = draw.draw_poses(frame.pixels, keypoints, scores, self.model.schema, self.draw_threshold)
+        return overlay, results
+
+    def _box_free_results(self, frame: _Frame) -> List[Dict[str, Any]]:
+        """A bottom-up model's people of one image (:mod:`pipeline.predict_bottom_up`); non-finite ones skipped."""
+        people = self.model(frame.data)
+        self.images += 1
+        finite = (np.all(np.isfinite(people["keypoints"]), axis=(1, 2)) & np.all(np.isfinite(people["scores"]), axis=1))
+        for index in np.flatnonzero(~finite):
+            self.skips.append({"reason": SKIP_NON_FINITE, "file": frame.name, "image_id": frame.image_id,
+                               "person": int(index)})
+        if len(finite) == 0:
+            self.without_boxes += 1                # no person found
+        return predict_bottom_up.image_results(self.model.schema, frame.image_id, people["keypoints"][finite],
+                                               people["scores"][finite], self.eval_config)
+
+    def _top_down_results(self, frame: _Frame) -> List[Dict[str, Any]]:
+        """``predict_image`` on one image's boxes (det file, detector or the whole image); bad boxes skipped."""
+        from pose import coordinates
+        from schemas import serving
+
+        boxes, box_scores, entries = self.boxes_for(frame)
+        outputs = self.model(frame.data, boxes)
         self.images += 1
         if len(boxes) == 0:
             self.without_boxes += 1
@@ -511,12 +580,8 @@ class _Run:
             if entries[index] is not None:
                 skip["detection_entry"] = entries[index]
             self.skips.append(skip)
-        results = image_results(self.model, frame.image_id, outputs, valid & finite, boxes, box_scores,
-                                frame.pixels.shape[:2], self.eval_config, self.padding)
-        self.results.extend(results)
-        keypoints, scores = results_arrays(results, self.model.num_joints)
-        overlay = draw.draw_poses(frame.pixels, keypoints, scores, self.model.schema, self.draw_threshold)
-        return overlay, results
+        return image_results(self.model, frame.image_id, outputs, valid & finite, boxes, box_scores,
+                             frame.pixels.shape[:2], self.eval_config, self.padding)
 
     def unmatched_detections(self) -> None:
         """Counts detections whose image was never seen as ``unknown_image`` skips."""
@@ -606,8 +671,18 @@ def _run_folder(run: _Run, files: Sequence[Tuple[str, str, int]], max_pixels: in
     return {"overlays": overlays}
 
 
+MAX_FAILED_READS = 25
+"""Failed frame reads in a row, before the container's frame count is reached, after which a video is
+taken to end there (the rest counted as dropped)."""
+
+
 def _video_frames(path: str) -> Tuple[Iterator[np.ndarray], Dict[str, Any]]:
-    """OpenCV frames (BGR uint8) of a video and its properties. Raises ValueError when it cannot be opened."""
+    """OpenCV frames (BGR uint8) of a video and its properties. Raises ValueError when it cannot be opened.
+
+    ``info``: ``fps`` (the container's, :data:`DEFAULT_FPS` when it reports none), ``fps_reported``
+    (bool), ``frame_count`` (the container's count, 0 when unknown), and, filled while reading,
+    ``frames_unreadable``: failed reads followed by a good frame (a frame that could not be decoded, skipped).
+    """
     import cv2
 
     capture = cv2.VideoCapture(path)
@@ -615,26 +690,37 @@ def _video_frames(path: str) -> Tuple[Iterator[np.ndarray], Dict[str, Any]]:
         capture.release()
         raise ValueError(f"--images {path}: not a folder, and neither a JPEG/PNG image nor a video OpenCV can open")
     fps = capture.get(cv2.CAP_PROP_FPS)
-    info = {"fps": fps if np.isfinite(fps) and fps > 0 else DEFAULT_FPS,
-            "frame_count": int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)}
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    reported = bool(np.isfinite(fps) and fps > 0)
+    info = {"fps": float(fps) if reported else DEFAULT_FPS, "fps_reported": reported,
+            "frame_count": int(count) if np.isfinite(count) and count > 0 else 0, "frames_unreadable": 0}
 
     def frames() -> Iterator[np.ndarray]:
+        read, failed = 0, 0
         try:
             while True:
                 ok, frame = capture.read()
-                if not ok:
+                if ok:
+                    info["frames_unreadable"] += failed
+                    read, failed = read + 1, 0
+                    yield frame
+                    continue
+                failed += 1     # past the reported count, or too many in a row: the end
+                if read + info["frames_unreadable"] + failed >= info["frame_count"] or failed >= MAX_FAILED_READS:
                     return
-                yield frame
         finally:
             capture.release()
 
     return frames(), info
 
 
-def _run_video(run: _Run, path: str) -> Dict[str, Any]:
+def _run_video(run: _Run, path: str, tracking: Mapping[str, Any]) -> Dict[str, Any]:
     import cv2
 
+    from pipeline.predict_tracks import VideoTracks
+
     frames, info = _video_frames(path)
+    run.tracks = VideoTracks(run.model.schema, info["fps"], **tracking)
     output_name = os.path.splitext(os.path.basename(path))[0] + VIDEO_SUFFIX
     writer = None
     written = 0
@@ -661,8 +747,15 @@ def _run_video(run: _Run, path: str) -> Dict[str, Any]:
         if writer is not None:
             writer.release()
     if written == 0:
-        raise ValueError(f"--images {path}: no frame could be read from the video")
-    return {"video": output_name, "frames": written, "fps": info["fps"]}
+        raise ValueError(f"--images {path}: no frame could be read from the video "
+                         f"(it reports {info['frame_count']} frames)")
+    dropped = max(info["frame_count"] - written, 0)
+    return {"video": output_name, "frames": written, "fps": info["fps"], "fps_reported": info["fps_reported"],
+            "frame_count": info["frame_count"], "frames_unreadable": info["frames_unreadable"],
+            "frames_dropped": dropped, "tracks": run.tracks.tracker.next_id,
+            "smoothing": ({"filter": "one_euro", "min_cutoff_hz": run.tracks.smoother.min_cutoff,
+                           "beta_per_pixel": run.tracks.smoother.beta, "d_cutoff_hz": run.tracks.smoother.d_cutoff}
+                          if run.tracks.smoother is not None else None)}
 
 
 def _publish(staging: str, out: str, names: Sequence[str]) -> None:
@@ -682,7 +775,9 @@ def _publish(staging: str, out: str, names: Sequence[str]) -> None:
 
 def predict(model_path: str, images: str, out: str, det_file: str | None = None,
             det_score_threshold: float | None = None, config: Mapping[str, Any] | None = None,
-            draw_threshold: float | None = None) -> Dict[str, Any]:
+            draw_threshold: float | None = None, detector: str | None = None,
+            detector_person_class: int = 1, detector_score_threshold: float = 0.5, smooth: bool = False,
+            smooth_min_cutoff: float | None = None, smooth_beta: float | None = None) -> Dict[str, Any]:
     """Runs ``predict_image`` on a folder, an image or a video and writes results and overlays to ``out``.
 
     Args:
@@ -694,13 +789,18 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
         config: loaded experiment config (``dataset``, ``data.padding``, ``data.max_image_pixels``,
             ``eval``); None: :data:`pose.config.DEFAULTS` with the model's dataset.
         draw_threshold: joint score below which a joint is not drawn (default :data:`pose.draw.DEFAULT_THRESHOLD`).
+        detector: a person detector SavedModel (:mod:`pipeline.detector`) giving the boxes (top-down models).
+        detector_person_class, detector_score_threshold: the detector's person class id and score threshold.
+        smooth: One-Euro smoothing of the keypoints along the tracks of a video (:mod:`pose.smoothing`).
+        smooth_min_cutoff, smooth_beta: its parameters (Hz, 1/pixel); None: the defaults.
 
     Returns:
         the summary written to ``predict_summary.json``.
 
     Raises:
-        FileNotFoundError: no model at ``model_path``, or ``images`` does not exist.
-        ValueError: bad det file, duplicate image ids, an unreadable video, or no readable image.
+        FileNotFoundError: no model at ``model_path``, no detector at ``detector``, or ``images`` does not exist.
+        ValueError: bad det file, a detector outside the convention, boxes for a bottom-up model,
+            duplicate image ids, an unreadable video, or no readable image.
     """
     from pose import draw
     from pose.config import build_config
@@ -711,8 +811,25 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
         raise ValueError(f"--out {out}: a local folder is needed (the results are moved into place atomically)")
     if not os.path.exists(images):
         raise FileNotFoundError(f"--images {images} does not exist")
+    if det_file and detector:
+        raise ValueError("--det-file and --detector both give boxes; use one")
+    from pose import smoothing
+
+    tracking = {"smooth": bool(smooth),
+                "min_cutoff": smoothing.DEFAULT_MIN_CUTOFF if smooth_min_cutoff is None else float(smooth_min_cutoff),
+                "beta": smoothing.DEFAULT_BETA if smooth_beta is None else float(smooth_beta)}
+    smoothing.TrackSmoother(DEFAULT_FPS, tracking["min_cutoff"], tracking["beta"])   # checks the parameters
     saved_model_dir, found_as = resolve_model(model_path)
     model = load_model(saved_model_dir, config["dataset"] if config else None)
+    if model.box_free and (det_file or detector):
+        raise ValueError(f"--model {model_path}: a bottom-up (box-free) model finds the people itself; "
+                         f"{'--det-file' if det_file else '--detector'} gives boxes to top-down models only")
+    if detector:
+        from pipeline.detector import load_detector
+
+        detector_model = load_detector(detector, detector_person_class, detector_score_threshold)
+    else:
+        detector_model = None
     config = config if config is not None else build_config({"dataset": model.schema.name}, name="predict")
     threshold = float(config["data"]["det_score_threshold"] if det_score_threshold is None else det_score_threshold)
     draw_threshold = draw.DEFAULT_THRESHOLD if draw_threshold is None else float(draw_threshold)
@@ -732,14 +849,16 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
             files = [(name, images, image_id_of(name))]
         else:
             video = images
+    if smooth and not video:
+        raise ValueError(f"--smooth: smoothing follows people along a video's frames; --images {images} is not a video")
     detections = load_detections(det_file, threshold) if det_file else None
 
     os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)
     try:
         run = _Run(model, detections, config["eval"], float(config["data"]["padding"]),
-                                 draw_threshold, staging)
-        outputs = _run_video(run, video) if video else _run_folder(run, files, max_pixels)
+                   draw_threshold, staging, detector_model)
+        outputs = _run_video(run, video, tracking) if video else _run_folder(run, files, max_pixels)
         run.unmatched_detections()
         if run.images == 0:
             reasons = dict(Counter(skip["reason"] for skip in run.skips))
@@ -755,7 +874,11 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
             "images_without_boxes": run.without_boxes,
             "det_file": det_file, "det_score_threshold": threshold if det_file else None,
             "detections": detections.total if detections else None,
-            "selection": detections.selection if detections else {},
+            "selection": (detections.selection if detections else dict(sorted(run.detector_selection.items()))),
+            "box_free": model.box_free,
+            "detector": detector, "detector_person_class": int(detector_person_class) if detector else None,
+            "detector_score_threshold": float(detector_score_threshold) if detector else None,
+            "detector_boxes": run.detector_boxes if detector else None,
             "draw_threshold": draw_threshold,
             "rescore_threshold": float(config["eval"]["rescore_threshold"]),
             "oks_nms_threshold": (config["eval"].get("oks_nms_threshold")
@@ -789,6 +912,11 @@ def summary_line(summary: Mapping[str, Any]) -> str:
             f"{summary['people']} people, {total} skipped" + (f" ({reasons})" if total else ""))
     if left_out:
         text += f", boxes left out: {left_out}"
+    if summary.get("video"):
+        text += f", {summary['tracks']} tracks"
+        if summary.get("frames_dropped"):
+            text += (f", {summary['frames_dropped']} of {summary['frame_count']} frames dropped "
+                     f"({summary['frames_unreadable']} unreadable)")
     return text + f" -> {os.path.join(summary['out'], RESULTS_FILE)}"
 
 
@@ -809,6 +937,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        "data.max_image_pixels (default: the built-in defaults)")
     parser.add_argument("--draw-threshold", type=float, default=None,
                         help="joints scored below are not drawn (default 0.2)")
+    parser.add_argument("--detector", default=None,
+                        help="person detector SavedModel dir, TF Object Detection API outputs (detection_boxes "
+                             "normalised [ymin, xmin, ymax, xmax], detection_scores, detection_classes)")
+    parser.add_argument("--detector-person-class", type=int, default=1,
+                        help="the detector's class id of a person (default 1, the COCO label map)")
+    parser.add_argument("--detector-score-threshold", type=float, default=0.5,
+                        help="detector boxes scored below are left out (default 0.5)")
+    parser.add_argument("--smooth", action="store_true",
+                        help="video: One-Euro smoothing of the keypoints along each track (off by default)")
+    parser.add_argument("--smooth-min-cutoff", type=float, default=None,
+                        help="One-Euro cutoff of a still joint, Hz (default 1.0)")
+    parser.add_argument("--smooth-beta", type=float, default=None,
+                        help="One-Euro speed coefficient, 1/pixel (default 0.05)")
     args = parser.parse_args(argv)
     try:
         config = None
@@ -817,7 +958,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = load_config(args.config)
         summary = predict(args.model, args.images, args.out, args.det_file, args.det_score_threshold, config,
-                          args.draw_threshold)
+                          args.draw_threshold, args.detector, args.detector_person_class,
+                          args.detector_score_threshold, args.smooth, args.smooth_min_cutoff, args.smooth_beta)
     except (ValueError, OSError) as error:   # ours: the message names the file or flag
         print(f"predict: error: {error}", file=sys.stderr)
         return cli.EXIT_ERROR

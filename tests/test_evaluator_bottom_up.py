@@ -109,9 +109,20 @@ def test_gt_file_is_required(scene, tmp_path):
         evaluator.run_evaluator(scene["all_people"], scene["examples"], scene["config"], str(tmp_path / "b"))
 
 
-def test_pipeline_predict_names_a_bottom_up_model_instead_of_failing(scene, tmp_path, capsys):
+def test_pipeline_predict_runs_a_bottom_up_model_box_free_and_refuses_boxes(scene, shared_data, tmp_path, capsys):
+    """Issue 25: pipeline.predict runs the bottom-up model through its own predict_image (no boxes);
+    boxes for it (--det-file / --detector) are a clear exit 2 naming the model as bottom-up."""
     from pipeline import predict
 
-    code = predict.main(["--model", scene["all_people"], "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+    image = os.path.join(shared_data, "coco_val2017_mmpose4", "images", f"{IMAGE_ID:012d}.jpg")
+    out = tmp_path / "out"
+    assert predict.main(["--model", scene["all_people"], "--images", image, "--out", str(out)]) == 0
+    with open(out / predict.RESULTS_FILE, encoding="utf-8") as handle:
+        results = json.load(handle)
+    assert len(results) == 4 and {r["image_id"] for r in results} == {IMAGE_ID}
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    code = predict.main(["--model", scene["all_people"], "--images", image, "--out", str(tmp_path / "out2"),
+                         "--det-file", str(dets)])
     assert code == 2 and "a bottom-up (box-free) model" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out2").exists()
