@@ -29,7 +29,9 @@ Sections:
 * ``model``: ``name`` plus the builder's keyword arguments (validated by the builder);
   ``model.pretrained``: backbone weights loaded before training (a local or
   ``gs://`` file; torchvision / HRNet ImageNet ``.pth`` or Keras ResNet ``.h5``,
-  see :mod:`trainer.pretrained`), for every builder.
+  see :mod:`trainer.pretrained`), for every builder; ``model.pretrained_inexact``
+  (default false): allow a file that cannot load exactly (keras.applications'
+  ResNet v1 strides), which is otherwise refused.
 * ``data``: crop/heatmap geometry and ExampleGen selection settings.
 * ``codec``: decoding method, modulation kernel, and whether the exported
   decoder is XLA-compiled (``decode_jit_compile``, see :func:`pose.codec_tf.decode`).
@@ -305,6 +307,9 @@ def _validate(config: Dict[str, Any]) -> None:
     pretrained = config["model"].get("pretrained")
     if pretrained is not None and (not isinstance(pretrained, str) or not pretrained.strip()):
         raise ValueError(f"model.pretrained must be a file path (local or gs://) or null, got {pretrained!r}")
+    inexact = config["model"].get("pretrained_inexact", False)
+    if not isinstance(inexact, bool):
+        raise ValueError(f"model.pretrained_inexact must be true or false, got {inexact!r}")
     train = config["train"]
     for key in ("batch_size", "epochs"):
         if not isinstance(train[key], int) or train[key] < 1:
