@@ -13,9 +13,11 @@ heatmaps are DARK's unbiased Gaussians, Zhang et al. CVPR 2020):
 
 1. **Peaks.** Local maxima of every keypoint heatmap: a pixel that equals
    the maximum of its ``nms_kernel x nms_kernel`` window (max-pool NMS) and
-   is at least ``peak_threshold``; the N highest per joint are kept
-   (N = ``max_people``: more peaks of one joint than people kept cannot
-   all be used). Each is refined to sub-pixel with the DARK Taylor step
+   is at least ``peak_threshold``; the P highest per joint are kept
+   (P = ``max_candidates``, at least N = ``max_people``: the candidate cap is
+   not the person cap, since people beyond the N best still need their own
+   peaks to be grouped whole, else their skeletons take a neighbour's
+   joints). Each is refined to sub-pixel with the DARK Taylor step
    (:func:`pose.codec_tf.refine_peaks`, the top-down decoder's maths), then,
    with ``hough_refine``, replaced by the heatmap-weighted mean of the votes
    ``q + S_k(q)`` of its 3x3 neighbourhood q (the short-range offsets point
@@ -48,11 +50,13 @@ heatmaps are DARK's unbiased Gaussians, Zhang et al. CVPR 2020):
    missing from a person's graph, the joints beyond it can come out as a
    separate low-scoring person; :func:`attach_fragments` re-attaches them to
    the person whose centre they move towards its body peak. Then the N best
-   people by person score are returned, best first.
+   whole people by person score are returned, best first (grouping happened
+   over all P candidates per joint, so a crowd of more than N people gives
+   its N best people, each whole).
 
 Settings (``config["bottom_up"]``, defaults and sources in
 :data:`pose.config.BOTTOM_UP_DEFAULTS` and docs/bottom_up.md):
-``max_people`` N, ``peak_threshold``, ``nms_kernel`` (output pixels),
+``max_people`` N, ``max_candidates`` P, ``peak_threshold``, ``nms_kernel`` (output pixels),
 ``hough_refine``, ``min_person_score``, ``keypoint_nms_radius`` r (INPUT
 pixels; PersonLab's r = 10 pixels, converted here to output pixels with the
 project's input -> output factor ``(W_out - 1) / (W_in - 1)``, contract 2 of
@@ -68,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 
 from pose import codec_tf, coordinates
+from pose.config import default_max_candidates
 from schemas import bottom_up as bottom_up_schema
 from schemas.keypoints import get_schema
 
@@ -83,7 +88,9 @@ class DecoderSettings:
         dataset: keypoint schema name (``coco`` / ``mpii``).
         input_size: S, the square model input, pixels.
         output_size: (H_out, W_out) of the model output.
-        max_people: N, people returned per image (and peaks kept per joint).
+        max_people: N, people returned per image.
+        max_candidates: P, peaks kept per joint (grouping candidates), >= N;
+            None = :func:`pose.config.default_max_candidates` of N.
         peak_threshold: heatmap peaks below are ignored.
         nms_kernel: odd max-pool window of the peak NMS, output pixels.
         hough_refine: refine peaks with the short-range offsets.
@@ -97,6 +104,7 @@ class DecoderSettings:
     input_size: int
     output_size: Tuple[int, int]
     max_people: int = 30
+    max_candidates: int | None = None
     peak_threshold: float = 0.1
     nms_kernel: int = 3
     hough_refine: bool = True
@@ -113,6 +121,10 @@ class DecoderSettings:
             raise ValueError(f"input_size {self.input_size} and output_size {self.output_size} must be >= 2")
         if int(self.max_people) < 1:
             raise ValueError(f"max_people must be >= 1, got {self.max_people}")
+        if self.max_candidates is None:
+            object.__setattr__(self, "max_candidates", default_max_candidates(int(self.max_people)))
+        if int(self.max_candidates) < int(self.max_people):
+            raise ValueError(f"max_candidates ({self.max_candidates}) must be >= max_people ({self.max_people})")
         if int(self.nms_kernel) < 1 or int(self.nms_kernel) % 2 == 0:
             raise ValueError(f"nms_kernel must be a positive odd integer, got {self.nms_kernel}")
         if float(self.keypoint_nms_radius) < 0:
@@ -124,6 +136,7 @@ class DecoderSettings:
         section = config["bottom_up"]
         return cls(dataset=config["dataset"], input_size=int(config["data"]["input_size"][0]),
                    output_size=tuple(config["data"]["heatmap_size"]), max_people=int(section["max_people"]),
+                   max_candidates=section.get("max_candidates"),
                    peak_threshold=float(section["peak_threshold"]), nms_kernel=int(section["nms_kernel"]),
                    hough_refine=bool(section["hough_refine"]), min_person_score=float(section["min_person_score"]),
                    keypoint_nms_radius=float(section["keypoint_nms_radius"]),
@@ -182,12 +195,12 @@ def find_peaks(heatmaps: tf.Tensor, short: tf.Tensor, settings: DecoderSettings)
     Returns:
         dict: ``positions`` (B, K, P, 2) float32 (x, y) output pixels,
         ``scores`` (B, K, P) float32, ``valid`` (B, K, P) bool, with
-        P = ``max_people`` peaks per joint, best first.
+        P = ``max_candidates`` peaks per joint, best first.
     """
     heatmaps = tf.convert_to_tensor(heatmaps, tf.float32)
     shape = tf.shape(heatmaps)
     batch, height, width, joints = shape[0], shape[1], shape[2], shape[3]
-    peaks_per_joint = int(settings.max_people)
+    peaks_per_joint = int(settings.max_candidates)
     pooled = tf.nn.max_pool2d(heatmaps, settings.nms_kernel, strides=1, padding="SAME")
     is_peak = tf.equal(heatmaps, pooled) & (heatmaps >= settings.peak_threshold)
     masked = tf.where(is_peak, heatmaps, tf.fill(tf.shape(heatmaps), tf.constant(_NEGATIVE, tf.float32)))
@@ -286,7 +299,7 @@ def build_skeletons(peaks: Mapping[str, tf.Tensor], heatmaps: tf.Tensor, short: 
     shape = tf.shape(heatmaps)
     batch, height, width = shape[0], shape[1], shape[2]
     joints = settings.num_joints
-    per_joint = int(settings.max_people)
+    per_joint = int(settings.max_candidates)
     seeds = joints * per_joint
     edges = np.asarray(settings.edges, np.int32)
     source, target = tf.constant(edges[:, 0]), tf.constant(edges[:, 1])
@@ -372,7 +385,7 @@ def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tens
     """
     batch = tf.shape(peaks["scores"])[0]
     joints = settings.num_joints
-    per_joint = int(settings.max_people)
+    per_joint = int(settings.max_candidates)
     seeds = joints * per_joint
     radius_squared = settings.radius_output ** 2
     seed_positions = tf.reshape(peaks["positions"], [batch, seeds, 2])
@@ -416,8 +429,8 @@ def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tens
     _, people_positions, people_scores, people_confirmed, person_scores, _ = tf.while_loop(
         lambda used, *_: tf.reduce_any(seed_valid & ~used), body, state, maximum_iterations=seeds)
     if body_peaks is not None:
-        # The best 2N accepted people (fragments score low but must be among them to be re-attached).
-        candidates = min(seeds, 2 * int(settings.max_people))
+        # The best 2P accepted people (fragments score low but must be among them to be re-attached).
+        candidates = min(seeds, 2 * per_joint)
         person_scores, best = tf.math.top_k(person_scores, k=candidates, sorted=True)
         people_positions = tf.gather(people_positions, best, batch_dims=1)
         people_scores = tf.gather(people_scores, best, batch_dims=1)
@@ -459,7 +472,7 @@ def attach_fragments(positions: tf.Tensor, scores: tf.Tensor, confirmed: tf.Tens
     confirmed joints are all joints H has not confirmed, and adding them
     moves H's centre closer to H's body peak; among such H, the one whose
     new centre is closest. F's joints then replace H's guesses. One
-    ``tf.while_loop`` step per person found (at most 2N).
+    ``tf.while_loop`` step per person found (at most 2P, P = ``max_candidates``).
 
     Args:
         positions: (B, T, K, 2) output pixels, people in decreasing score order.

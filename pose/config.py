@@ -16,8 +16,9 @@ Derived values (never written by hand in the files):
   not be a multiple of the stride (``S = 1 mod stride`` keeps the network's
   pixel alignment equal to the project's mapping, see docs/bottom_up.md).
 * ``bottom_up.sigma`` / ``data.sigma`` (bottom-up: the two are one value, set
-  either), ``bottom_up.mid_radius`` (= ``short_radius``) and
-  ``bottom_up.body_sigma`` (= 2 x sigma) unless set.
+  either), ``bottom_up.mid_radius`` (= ``short_radius``),
+  ``bottom_up.body_sigma`` (= 2 x sigma) and ``bottom_up.max_candidates``
+  (:func:`default_max_candidates` of ``max_people``) unless set.
 * ``data.sigma`` from the heatmap height: 32 -> 1, 64 -> 2, 96 -> 3 (the
   references' pairs), i.e. ``heatmap_height / 32`` rounded, at least 1.
 * ``codec.blur_kernel``: 3 for heatmaps up to 32 rows, 11 up to 64, else 17.
@@ -33,7 +34,9 @@ Sections:
 * ``model``: ``name`` plus the builder's keyword arguments (validated by the builder);
   ``model.pretrained``: backbone weights loaded before training (a local or
   ``gs://`` file; torchvision / HRNet ImageNet ``.pth`` or Keras ResNet ``.h5``,
-  see :mod:`trainer.pretrained`), for every builder.
+  see :mod:`trainer.pretrained`), for every builder; ``model.pretrained_inexact``
+  (default false): allow a file that cannot load exactly (keras.applications'
+  ResNet v1 strides), which is otherwise refused.
 * ``data``: crop/heatmap geometry and ExampleGen selection settings.
 * ``codec``: decoding method, modulation kernel, and whether the exported
   decoder is XLA-compiled (``decode_jit_compile``, see :func:`pose.codec_tf.decode`).
@@ -142,6 +145,8 @@ DEFAULTS: Dict[str, Any] = {
 BOTTOM_UP_DEFAULTS: Dict[str, Any] = {
     # Targets (pose/bottom_up_codec.py), PersonLab (Papandreou et al., ECCV 2018) Sec. 3.1 unless said.
     "max_people": 30,                  # persons per image kept (records, decoder); HigherHRNet's MAX_NUM_PEOPLE
+    "max_candidates": None,            # decoder peaks per joint grouped before the N best people are kept;
+                                       # None = default_max_candidates(max_people); must be >= max_people
     "short_radius": 32.0,              # disk radius R of the short-range offsets, INPUT pixels (PersonLab R = 32)
     "mid_radius": None,                # disk radius of the mid-range offsets, INPUT pixels; None = short_radius
     "sigma": None,                     # keypoint Gaussian sigma, OUTPUT pixels; None = data.sigma (derived)
@@ -157,6 +162,23 @@ BOTTOM_UP_DEFAULTS: Dict[str, Any] = {
 }
 DEFAULTS["bottom_up"] = BOTTOM_UP_DEFAULTS
 APPROACHES = ("top_down", "bottom_up")
+
+
+MIN_CANDIDATES = 64
+"""Lower bound of the derived ``bottom_up.max_candidates`` (our choice, see :func:`default_max_candidates`)."""
+
+
+def default_max_candidates(max_people: int) -> int:
+    """The derived ``bottom_up.max_candidates``: ``max(2 * max_people, MIN_CANDIDATES)``.
+
+    The decoder groups people from this many peaks per joint and only then
+    keeps the ``max_people`` best whole people. A cap below the number of
+    people in an image leaves some people's joints without candidates, and
+    their skeletons take joints from neighbours (issue 22: 50 people at a cap
+    of 20 gave 5 chimeras). Twice N, and at least 64, is our choice: room for
+    crowds beyond N at a cost linear in the cap (docs/bottom_up.md).
+    """
+    return max(2 * int(max_people), MIN_CANDIDATES)
 
 
 def output_size(input_size: int, stride: int) -> int:
@@ -246,6 +268,12 @@ def _derive_bottom_up(config: Dict[str, Any]) -> None:
     max_people = section["max_people"]
     if isinstance(max_people, bool) or not isinstance(max_people, int) or max_people < 1:
         raise ValueError(f"bottom_up.max_people must be an integer >= 1, got {max_people!r}")
+    if section["max_candidates"] is None:
+        section["max_candidates"] = default_max_candidates(max_people)
+    candidates = section["max_candidates"]
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < max_people:
+        raise ValueError(f"bottom_up.max_candidates must be an integer >= bottom_up.max_people ({max_people}), "
+                         f"got {candidates!r}")
     if section["mid_radius"] is None:
         section["mid_radius"] = section["short_radius"]
     for key in ("short_radius", "mid_radius", "keypoint_nms_radius"):
@@ -300,6 +328,9 @@ def _validate(config: Dict[str, Any]) -> None:
     pretrained = config["model"].get("pretrained")
     if pretrained is not None and (not isinstance(pretrained, str) or not pretrained.strip()):
         raise ValueError(f"model.pretrained must be a file path (local or gs://) or null, got {pretrained!r}")
+    inexact = config["model"].get("pretrained_inexact", False)
+    if not isinstance(inexact, bool):
+        raise ValueError(f"model.pretrained_inexact must be true or false, got {inexact!r}")
     train = config["train"]
     for key in ("batch_size", "epochs"):
         if not isinstance(train[key], int) or train[key] < 1:

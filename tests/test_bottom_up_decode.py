@@ -143,6 +143,61 @@ def test_more_people_than_max_people_keeps_the_best():
     assert np.all(np.diff(scores) < 0)
 
 
+def _crowd(count, size, seed=0):
+    """(count, 17, 3) people on a jittered grid filling the S x S input, input pixels, all labelled."""
+    rng = np.random.default_rng(seed)
+    columns = int(np.ceil(np.sqrt(count * 0.6)))
+    rows = int(np.ceil(count / columns))
+    cell = np.array([size / columns, size / rows])
+    unit = min(cell[0] / 4.0, cell[1] / 8.0)
+    centres = (np.stack(np.divmod(np.arange(count), columns), axis=-1)[:, ::-1] + 0.5) * cell
+    centres = centres + rng.uniform(-0.1, 0.1, (count, 2)) * unit
+    return np.stack([_person(x, y, unit * rng.uniform(0.85, 1.0)) for x, y in centres])
+
+
+def _oks(decoded, truth):
+    """(D, T) COCO OKS of decoded (D, K, 3) against true (T, K, 3) people (all joints labelled), input pixels;
+    the area is 0.53 x the joints' box (components.metrics_coco.AREA_FROM_BOX_FACTOR)."""
+    from components.metrics_coco import AREA_FROM_BOX_FACTOR
+
+    extent = truth[..., :2].max(axis=1) - truth[..., :2].min(axis=1)
+    area = AREA_FROM_BOX_FACTOR * extent[:, 0] * extent[:, 1]                                  # (T,)
+    squared = np.sum((decoded[:, None, :, :2] - truth[None, :, :, :2]) ** 2, axis=-1)          # (D, T, K)
+    variances = (2.0 * COCO.sigmas()) ** 2
+    return np.exp(-squared / variances / (2.0 * area[None, :, None])).mean(axis=-1)
+
+
+@pytest.mark.parametrize("max_people", [20, 50])
+def test_a_crowd_larger_than_max_people_gives_whole_people(max_people):
+    """Issue 22: 50 people, N = 20 or 50 (PersonLab's 401 / stride 8). The candidates per joint are not capped
+    at N (5 of 20 people were chimeras with a neighbour's joints when they were): every decoded person is whole,
+    OKS >= 0.95 to a distinct true person, best first."""
+    config = _config(size=401, stride=8, max_people=max_people)
+    assert config["bottom_up"]["max_candidates"] >= 50
+    truth = _crowd(50, 401)
+    keypoints, scores, count = _decode(bottom_up_codec.encode(truth, config), config)
+    assert count == max_people
+    assert np.all(keypoints[:count, :, 2] > 0.5)                                        # all 17 joints kept
+    oks = _oks(keypoints[:count], truth)
+    best = oks.max(axis=1)
+    assert best.min() >= 0.95, np.sort(best)[:8]
+    assert len(set(oks.argmax(axis=1).tolist())) == count                             # distinct true people
+    assert np.all(np.diff(scores[:count]) <= 0)
+
+
+def test_max_candidates_is_derived_and_validated():
+    assert _config()["bottom_up"]["max_candidates"] == 64                               # max(2 x 30, 64)
+    assert _config(max_people=40)["bottom_up"]["max_candidates"] == 80
+    assert _config(max_people=4, max_candidates=4)["bottom_up"]["max_candidates"] == 4
+    with pytest.raises(ValueError, match="bottom_up.max_candidates"):
+        _config(max_people=20, max_candidates=10)
+    with pytest.raises(ValueError, match="max_candidates"):
+        bottom_up_decode_tf.DecoderSettings(dataset="coco", input_size=129, output_size=(33, 33), max_people=8,
+                                            max_candidates=4)
+    settings = bottom_up_decode_tf.DecoderSettings.from_config(_config(max_people=10, max_candidates=25))
+    assert (settings.max_people, settings.max_candidates) == (10, 25)
+
+
 def test_flipped_targets_decode_to_mirrored_people():
     config = _config()
     truth = np.stack([_person(35, 50, 6), _person(85, 62, 5)])

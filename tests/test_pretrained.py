@@ -183,11 +183,13 @@ def keras_resnet50(tmp_path_factory):
 @pytest.mark.parametrize("file_format", ["keras3", "legacy"])
 def test_keras_applications_resnet50_weights(keras_resnet50, file_format):
     """Biases, BN eps and the Caffe input convention folded in: stage 2 (no strides, so v1 = v1.5) gives
-    keras.applications' features on Caffe-preprocessed images, away from the border."""
+    keras.applications' features on Caffe-preprocessed images, away from the border (loaded with
+    model.pretrained_inexact: true, since the later stages cannot be exact)."""
     import keras
 
     reference, paths = keras_resnet50
-    config = config_with({"name": "simplebaseline", "depth": 50, "pretrained": paths[file_format]})
+    config = config_with({"name": "simplebaseline", "depth": 50, "pretrained": paths[file_format],
+                          "pretrained_inexact": True})
     model = build_model(config)
     report = pretrained.load_pretrained(model, config, log=lambda _: None)
     images = np.random.default_rng(8).uniform(0, 255, (1, 128, 96, 3)).astype(np.float32)
@@ -202,9 +204,90 @@ def test_keras_applications_resnet50_weights(keras_resnet50, file_format):
     assert any("v1" in note for note in report["notes"])
 
 
+@pytest.mark.parametrize("file_format", ["keras3", "legacy"])
+def test_inexact_keras_weights_are_refused_unless_asked_for(keras_resnet50, file_format):
+    """Issue 22: keras.applications' ResNet is v1 (stride on conv3/4/5_block1's 1x1 conv): a load that cannot be
+    exact is refused, naming the blocks and the key that allows it, and nothing is assigned."""
+    _, paths = keras_resnet50
+    config = config_with({"name": "simplebaseline", "depth": 50, "pretrained": paths[file_format]})
+    model = build_model(config)
+    before = [variable.numpy().copy() for variable in model.weights]
+    with pytest.raises(pretrained.InexactWeightsError,
+                       match=r"cannot load exactly.*conv3_block1, conv4_block1, conv5_block1.*"
+                             r"model\.pretrained_inexact: true"):
+        pretrained.load_pretrained(model, config, log=lambda _: None)
+    assert isinstance(pretrained.InexactWeightsError("x"), import_weights.WeightImportError)
+    assert all(np.array_equal(old, variable.numpy()) for old, variable in zip(before, model.weights))
+
+
+def test_inexact_keras_load_reports_the_measured_difference(keras_resnet50, tmp_path):
+    """With model.pretrained_inexact: true the report (run/pretrained_report.json) gives each stage's relative
+    difference from keras.applications' ResNet50 with the same weights on the fixed input: small at stage 2
+    (the input folding's border only), large from conv3_block1 on; recomputed here independently."""
+    import keras
+
+    reference, paths = keras_resnet50
+    config = config_with({"name": "simplebaseline", "depth": 50, "pretrained": paths["legacy"],
+                          "pretrained_inexact": True})
+    run_dir = str(tmp_path / "run")
+    messages = []
+    model = pretrained.build_model_with_pretrained(config, run_dir, messages.append)
+    report = jsonio.loads(open(os.path.join(run_dir, pretrained.REPORT_FILE), encoding="utf-8").read())
+    inexact = report["inexact"]
+    assert inexact["blocks"] == ["conv3_block1", "conv4_block1", "conv5_block1"]
+    stages = inexact["stages"]
+    assert list(stages) == ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"]
+    image = np.random.default_rng(pretrained.MEASURE_SEED).uniform(0, 255, (1, 128, 96, 3)).astype(np.float32)
+    caffe = keras.applications.resnet.preprocess_input(image.copy())
+    for name, measured in stages.items():
+        expected = keras.Model(reference.input, reference.get_layer(name).output)(caffe).numpy()
+        ours = features(model, name, image)
+        np.testing.assert_allclose(measured["relative_l2"],
+                                   np.linalg.norm(ours - expected) / np.linalg.norm(expected), rtol=1e-3)
+        np.testing.assert_allclose(measured["relative_max"], relative_difference(ours, expected), rtol=1e-3)
+    assert stages["conv2_block3_out"]["relative_l2"] < 0.01
+    assert all(stages[name]["relative_l2"] > 0.05 for name in list(stages)[1:]), stages
+    assert "seed" in inexact["input"] and "relative_l2" in inexact["metric"]
+    assert report["notes"][0].startswith("INEXACT") and "conv3_block4_out" in report["notes"][0]
+    assert any(message.startswith("model.pretrained: INEXACT") for message in messages)
+
+
+def test_trainer_cli_exits_2_on_inexact_weights(keras_resnet50, tmp_path, capsys):
+    """python -m trainer.task with Keras ResNet weights and no model.pretrained_inexact: one line, exit 2."""
+    import yaml
+
+    from pipeline import cli
+    from records_util import synthetic_records, write_split
+    from trainer import task
+
+    _, paths = keras_resnet50
+    config_path = tmp_path / "keras.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "model": {"name": "simplebaseline", "depth": 50, "backbone_stages": 3, "deconv_filters": [8, 8],
+                  "pretrained": paths["legacy"]},
+        "data": {"input_size": [64, 48]}, "train": {"batch_size": 2}}))
+    config = build_config(yaml.safe_load(config_path.read_text()))
+    write_split(synthetic_records(config, HeatmapCodec.from_config(config), 4), str(tmp_path / "examples"), "train", 1)
+    status = cli.run(lambda: task.main(["--examples", str(tmp_path / "examples"), "--config", str(config_path),
+                                        "--model-dir", str(tmp_path / "model"), "--max-steps", "1"]),
+                     prog="python -m trainer.task")
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert error[-1].startswith("python -m trainer.task: error: InexactWeightsError: model.pretrained")
+    assert "model.pretrained_inexact: true" in error[-1] and "conv3_block1, conv4_block1" in error[-1]
+    assert not (tmp_path / "model" / "Format-Serving").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Config and training hook
 # ---------------------------------------------------------------------------------------------------------------
+
+def test_inexact_key_is_validated():
+    with pytest.raises(ValueError, match="model.pretrained_inexact must be true or false"):
+        build_config({"model": {"name": "hrnet", "pretrained_inexact": "yes"}})
+    config = config_with({"name": "hrnet", "width": 8, "pretrained_inexact": True})
+    assert build_model(config).count_params() > 0
+
 
 def test_config_key_is_validated_and_accepted_by_every_builder():
     with pytest.raises(ValueError, match="model.pretrained"):

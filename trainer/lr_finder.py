@@ -21,7 +21,11 @@ decades gets equal attention per decade), or **linearly** as in the paper
 The loss of every step is recorded. The sweep stops early when a loss is NaN
 or infinite, or when the running loss (bias-corrected exponential moving
 average, weight ``--smoothing`` on the past) exceeds ``--divergence-factor``
-times its lowest value so far: the rate is then far past usable.
+times its lowest value so far: the rate is then far past usable
+(:class:`DivergenceStop`). The step that trips the stop is recorded but not
+smoothed: one exploded loss would otherwise leak, through the backward pass
+of the zero-phase average, into every earlier point and drag the minimum to
+the start of the sweep.
 
 Suggested bounds (Sect. 3.3 reads them off the curve; here with the loss in
 place of the paper's accuracy, on the zero-phase smoothed loss, i.e. the same
@@ -34,8 +38,13 @@ moving average run forwards and then backwards so that it does not lag):
   1/3 or 1/4 of max_lr").
 
 The rate of the steepest descent of the smoothed loss (per decade of rate)
-is reported as well, for reference. Warnings are added when the curve does
-not support the rule (the loss never fell, or still fell at ``--max-lr``).
+is reported as well, for reference. A warning is added when the loss still
+fell at ``--max-lr``. There is **no suggestion** when the curve has no finite
+descending stretch (fewer than two smoothed points before the stop, or a
+smoothed loss that never falls below its first value, e.g. a sweep that
+diverged at once): the files are still written, with ``suggestion`` and
+``train_config`` ``null`` and the reason in ``no_suggestion``, and the CLI
+exits with status 2 naming the reason (:class:`NoSuggestion`).
 
 Outputs in ``--out`` (local or ``gs://``; the JSON is written last):
 
@@ -43,8 +52,9 @@ Outputs in ``--out`` (local or ``gs://``; the JSON is written last):
   (log axis), with the suggested bounds marked;
 * ``lr_finder.json`` (strict JSON): the settings, the curve (``step``,
   ``learning_rate``, ``loss``, ``smoothed_loss``; a non-finite loss is
-  ``null``), why it stopped, the suggestion with its rule and warnings, and a
-  ``train`` config fragment for ``lr_schedule: cyclic``.
+  ``null``, and so is the smoothed loss of the step that stopped the sweep),
+  why it stopped, the suggestion with its rule and warnings (or ``null`` and
+  ``no_suggestion``), and a ``train`` config fragment for ``lr_schedule: cyclic``.
 """
 from __future__ import annotations
 
@@ -74,6 +84,39 @@ BASE_LR_DIVISOR = 4.0           # Smith 2017, Sect. 3.3: base_lr = 1/3 or 1/4 of
 SUGGESTED_STEP_SIZE_EPOCHS = 4  # Smith 2017, Sect. 3.2: stepsize = 2-10 epochs
 RULE = ("max_lr = learning rate at the lowest smoothed loss (zero-phase EMA); base_lr = max_lr / 4 "
         "(Smith, WACV 2017, Sect. 3.3)")
+
+
+class NoSuggestion(ValueError):
+    """The range-test curve has no finite descending stretch, so no bounds can be read off it (the message says
+    why); :func:`main` exits with status 2."""
+
+
+class DivergenceStop:
+    """The sweep's early stop: a non-finite loss, or the running loss over ``factor`` x its lowest value.
+
+    The running loss is the causal bias-corrected EMA ``m_t = smoothing * m_{t-1} + (1 - smoothing) * loss_t``
+    divided by ``1 - smoothing ** (t + 1)`` (the forward half of :func:`smooth_losses`).
+
+    Args:
+        smoothing: EMA weight of the past, in [0, 1).
+        factor: divergence factor, > 1.
+    """
+
+    def __init__(self, smoothing: float, factor: float):
+        self.smoothing, self.factor = float(smoothing), float(factor)
+        self.running, self.corrected, self.lowest = 0.0, math.nan, math.inf
+
+    def update(self, step: int, loss: float, rate: float) -> str | None:
+        """Feeds the loss of ``step`` (0-based) at learning rate ``rate``; returns why to stop, or None."""
+        if not math.isfinite(loss):
+            return f"the loss became {loss} at step {step} (learning rate {rate:.3g})"
+        self.running = self.smoothing * self.running + (1.0 - self.smoothing) * loss
+        self.corrected = self.running / (1.0 - self.smoothing ** (step + 1))
+        self.lowest = min(self.lowest, self.corrected)
+        if self.corrected > self.factor * self.lowest:
+            return (f"diverged at step {step} (learning rate {rate:.3g}): the running loss {self.corrected:.4g} "
+                    f"is over {self.factor:g} x its lowest value {self.lowest:.4g}")
+        return None
 
 
 def smooth_losses(losses: Sequence[float], smoothing: float) -> np.ndarray:
@@ -121,25 +164,67 @@ def suggest_learning_rates(learning_rates: Sequence[float], smoothed_losses: Seq
         ``base_lr < max_lr`` always.
 
     Raises:
-        ValueError: fewer than 2 points or mismatched lengths.
+        NoSuggestion: no finite descending stretch: fewer than 2 points, or the
+            smoothed loss never falls below its first value.
+        ValueError: mismatched lengths or non-finite values.
     """
     rates = np.asarray(learning_rates, np.float64)
     smoothed = np.asarray(smoothed_losses, np.float64)
-    if rates.shape != smoothed.shape or rates.ndim != 1 or rates.size < 2:
-        raise ValueError(f"need two curves of the same length >= 2, got {rates.shape} and {smoothed.shape}")
+    if rates.shape != smoothed.shape or rates.ndim != 1:
+        raise ValueError(f"need two 1-D curves of the same length, got {rates.shape} and {smoothed.shape}")
+    if not (np.all(np.isfinite(rates)) and np.all(np.isfinite(smoothed))):
+        raise ValueError("suggest_learning_rates takes finite rates and smoothed losses only")
+    if rates.size < 2:
+        raise NoSuggestion(f"no finite descending stretch: {rates.size} smoothed loss(es) before the stop, "
+                           "at least 2 are needed (the sweep starts too high: lower --min-lr)")
     lowest = int(np.argmin(smoothed))
+    if lowest == 0:
+        raise NoSuggestion(f"no finite descending stretch: the smoothed loss never fell below its first value "
+                           f"{smoothed[0]:.4g} over {rates.size} steps up to learning rate {rates[-1]:.3g} (the "
+                           "sweep starts too high or is too short: lower --min-lr or raise --steps)")
     slope = np.gradient(smoothed, np.log10(rates))          # loss change per decade of rate
     steepest = int(np.argmin(slope[:lowest + 1]))
     warnings: List[str] = []
-    if lowest == 0:
-        warnings.append("the smoothed loss never fell below its first value: the sweep starts too high or is too "
-                        "short (lower --min-lr or raise --steps); max_lr is then --min-lr")
-    elif lowest == rates.size - 1 and not stopped_early:
+    if lowest == rates.size - 1 and not stopped_early:
         warnings.append("the loss was still falling at the last rate tried: raise --max-lr; max_lr is then "
                         "--max-lr")
     max_lr = float(rates[lowest])
     return {"base_lr": max_lr / BASE_LR_DIVISOR, "max_lr": max_lr, "lr_at_min_loss": max_lr,
             "lr_steepest_descent": float(rates[steepest]), "rule": RULE, "warnings": warnings}
+
+
+def summarise_sweep(learning_rates: Sequence[float], losses: Sequence[float], stop_reason: str | None,
+                    smoothing: float) -> Dict[str, Any]:
+    """The smoothed curve and the suggestion (or why there is none) of a recorded sweep.
+
+    The step that stopped an early-stopped sweep (its last, non-finite or
+    diverging) is left out of the smoothing and the suggestion; all earlier
+    losses are finite by construction (:class:`DivergenceStop`).
+
+    Args:
+        learning_rates: (T,) rates of the recorded steps.
+        losses: (T,) their losses (the last may be non-finite when stopped).
+        stop_reason: why the sweep stopped early, or None when it ran to the end.
+        smoothing: EMA weight of the past, in [0, 1).
+
+    Returns:
+        ``{"smoothed_loss": (T,) list (None where not smoothed), "suggestion": dict or None,
+        "no_suggestion": reason or None}``.
+
+    Raises:
+        ValueError: mismatched lengths, or a non-finite loss before the last step of a stopped sweep.
+    """
+    rates = np.asarray(learning_rates, np.float64)
+    if rates.shape != (len(losses),):
+        raise ValueError(f"need one learning rate per loss, got {rates.shape} and {len(losses)} losses")
+    kept = len(losses) - 1 if stop_reason is not None and losses else len(losses)
+    smoothed = smooth_losses(losses[:kept], smoothing)
+    try:
+        suggestion, reason = suggest_learning_rates(rates[:kept], smoothed, stop_reason is not None), None
+    except NoSuggestion as error:
+        suggestion, reason = None, str(error) + (f"; stopped: {stop_reason}" if stop_reason else "")
+    return {"smoothed_loss": smoothed.tolist() + [None] * (len(losses) - kept), "suggestion": suggestion,
+            "no_suggestion": reason}
 
 
 def range_test(config: Mapping[str, Any], train_files: str | Sequence[str], min_lr: float = 1e-7,
@@ -158,10 +243,11 @@ def range_test(config: Mapping[str, Any], train_files: str | Sequence[str], min_
         log: progress sink.
 
     Returns:
-        A dict of plain values; see the module docstring.
+        A dict of plain values; see the module docstring (``suggestion`` None and
+        ``no_suggestion`` the reason when the curve has no finite descending stretch).
 
     Raises:
-        ValueError: bad arguments (named), no train files, or the first step's loss is not finite.
+        ValueError: bad arguments (named), no train files, or the split ran out before the sweep ended.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 5:
         raise ValueError(f"steps must be an integer >= 5, got {steps!r}")
@@ -185,37 +271,26 @@ def range_test(config: Mapping[str, Any], train_files: str | Sequence[str], min_
         log(f"LR range test: {config['model']['name']}, {steps} steps of {batch_size} examples, "
             f"{mode} from {min_lr:g} to {max_lr:g}")
         losses: List[float] = []
-        running, lowest_running = 0.0, math.inf
+        monitor = DivergenceStop(smoothing, divergence_factor)
         stop_reason = None
         for step, (inputs, targets) in zip(range(steps), dataset):
             loss = float(train_step(inputs, targets))
             losses.append(loss)
             rate = float(schedule(step))
-            if not math.isfinite(loss):
-                stop_reason = f"the loss became {loss} at step {step} (learning rate {rate:.3g})"
-                break
-            running = smoothing * running + (1.0 - smoothing) * loss
-            corrected = running / (1.0 - smoothing ** (step + 1))
-            lowest_running = min(lowest_running, corrected)
-            if (step + 1) % max(1, steps // 10) == 0:
-                log(f"step {step + 1}/{steps}  lr {rate:.3g}  loss {loss:.6g}  smoothed {corrected:.6g}")
-            if corrected > divergence_factor * lowest_running:
-                stop_reason = (f"diverged at step {step} (learning rate {rate:.3g}): the running loss {corrected:.4g} "
-                               f"is over {divergence_factor:g} x its lowest value {lowest_running:.4g}")
+            stop_reason = monitor.update(step, loss, rate)
+            if stop_reason is None and (step + 1) % max(1, steps // 10) == 0:
+                log(f"step {step + 1}/{steps}  lr {rate:.3g}  loss {loss:.6g}  smoothed {monitor.corrected:.6g}")
+            if stop_reason is not None:
                 break
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     if len(losses) < steps and stop_reason is None:
         raise ValueError(f"the training split ran out after {len(losses)} steps")
-    finite = [loss for loss in losses if math.isfinite(loss)]
-    if len(finite) < 2:
-        raise ValueError(f"the range test needs at least 2 steps with a finite loss, got {len(finite)} "
-                         f"({stop_reason}); lower --min-lr or check the input records")
     if stop_reason:
-        log(f"stopped early: {stop_reason}")
+        log(f"stopped early: {stop_reason} (that step is not smoothed)")
     learning_rates = np.asarray(schedule(np.arange(len(losses), dtype=np.float32)), np.float64)
-    smoothed = smooth_losses(finite, smoothing)
-    suggestion = suggest_learning_rates(learning_rates[:len(finite)], smoothed, stop_reason is not None)
+    summary = summarise_sweep(learning_rates, losses, stop_reason, smoothing)
+    suggestion = summary["suggestion"]
     return {
         "config": config["name"],
         "model": config["model"]["name"],
@@ -233,10 +308,11 @@ def range_test(config: Mapping[str, Any], train_files: str | Sequence[str], min_
             "step": list(range(len(losses))),
             "learning_rate": learning_rates.tolist(),
             "loss": losses,                                               # non-finite -> null in the JSON
-            "smoothed_loss": smoothed.tolist() + [None] * (len(losses) - len(finite)),
+            "smoothed_loss": summary["smoothed_loss"],
         },
         "suggestion": suggestion,
-        "train_config": {"lr_schedule": "cyclic", "cyclic": {
+        "no_suggestion": summary["no_suggestion"],
+        "train_config": None if suggestion is None else {"lr_schedule": "cyclic", "cyclic": {
             "policy": "triangular", "base_lr": suggestion["base_lr"], "max_lr": suggestion["max_lr"],
             "step_size_epochs": SUGGESTED_STEP_SIZE_EPOCHS}},
     }
@@ -257,13 +333,19 @@ def plot_curve(result: Mapping[str, Any]) -> bytes:
     axes.plot(rates, losses, color="0.7", linewidth=1.0, label="loss")
     axes.plot(rates, smoothed, color="tab:blue", linewidth=2.0, label="smoothed loss")
     suggestion = result["suggestion"]
-    axes.axvline(suggestion["base_lr"], color="tab:green", linestyle="--",
-                 label=f"base_lr {suggestion['base_lr']:.3g}")
-    axes.axvline(suggestion["max_lr"], color="tab:red", linestyle="--", label=f"max_lr {suggestion['max_lr']:.3g}")
+    if suggestion is not None:
+        axes.axvline(suggestion["base_lr"], color="tab:green", linestyle="--",
+                     label=f"base_lr {suggestion['base_lr']:.3g}")
+        axes.axvline(suggestion["max_lr"], color="tab:red", linestyle="--",
+                     label=f"max_lr {suggestion['max_lr']:.3g}")
+    else:
+        axes.text(0.5, 0.5, "no suggestion: no finite descending stretch", transform=axes.transAxes,
+                  ha="center", va="center", color="tab:red")
     axes.set_xscale("log")
     finite = smoothed[np.isfinite(smoothed)]
-    spread = float(finite.max() - finite.min()) or abs(float(finite.max())) or 1.0
-    axes.set_ylim(float(finite.min()) - 0.1 * spread, float(finite.max()) + 0.3 * spread)
+    if finite.size:
+        spread = float(finite.max() - finite.min()) or abs(float(finite.max())) or 1.0
+        axes.set_ylim(float(finite.min()) - 0.1 * spread, float(finite.max()) + 0.3 * spread)
     axes.set_xlabel("learning rate")
     axes.set_ylabel("training loss (keypoint MSE)")
     axes.set_title(f"LR range test: {result['config']} ({result['mode']}, {result['steps_run']} steps)")
@@ -336,6 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 steps=args.steps, mode=args.mode, smoothing=args.smoothing,
                                 divergence_factor=args.divergence_factor, log=log)
     suggestion = result["suggestion"]
+    if suggestion is None:
+        print(f"wrote {result['plot']} and {result['json']} (no suggestion)", flush=True)
+        print(f"python -m trainer.lr_finder: error: no learning-rate suggestion: {result['no_suggestion']}",
+              file=sys.stderr, flush=True)
+        return cli.EXIT_ERROR
     for warning in suggestion["warnings"]:
         print(f"warning: {warning}", flush=True)
     print(f"suggested base_lr {suggestion['base_lr']:.3g}, max_lr {suggestion['max_lr']:.3g} ({RULE}); "

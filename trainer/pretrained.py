@@ -28,10 +28,17 @@ model and loads the file (local or ``gs://``):
   mean subtraction, no scaling: the first conv's input channels are reversed
   and scaled by 255 * std, the mean difference folded into its BN; exact
   except within 3 pixels of the border, where the zero padding differs) and
-  ResNet v1 strides (on the first ``1x1`` conv of a block; ours, like
-  torchvision and the pose papers, on the ``3x3``: not convertible, the
-  weights load and the features differ; fine to start training from, the
-  report says so).
+  ResNet v1 strides (on the first ``1x1`` conv of ``conv3_block1``,
+  ``conv4_block1`` and ``conv5_block1``; ours, like torchvision and the pose
+  papers, on the ``3x3``: not convertible). Since every model that takes them
+  has ``conv3_block1``, such a load cannot be exact (the features from
+  ``conv3_block1`` on are 18-28 % off) and is refused
+  (:class:`InexactWeightsError`, exit status 2 from the CLIs) unless the
+  config asks for it with ``model.pretrained_inexact: true``. Then the
+  weights load and the report's ``inexact`` entry holds the measured
+  difference: each stage's output of our model against keras.applications'
+  own ResNet with the same weights, on a fixed input
+  (:func:`measure_keras_difference`).
 
 Only the backbone is required: the head (SimpleBaseline's deconvolutions and
 final conv, HRNet's final conv, attention convs) may be absent and stays
@@ -62,6 +69,17 @@ KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 KERAS_RESNET_DEPTHS = {50: "ResNet50", 101: "ResNet101", 152: "ResNet152"}
 
 
+class InexactWeightsError(import_weights.WeightImportError):
+    """A by-name load that cannot reproduce the file's network (keras.applications' ResNet v1 strides) and was
+    not asked for with ``model.pretrained_inexact: true``; nothing is read or assigned."""
+
+
+# The blocks whose stride keras.applications' ResNet (v1) puts on the first 1x1 conv, ours (v1.5) on the 3x3.
+KERAS_V1_STRIDED_BLOCKS = ("conv3_block1", "conv4_block1", "conv5_block1")
+MEASURE_SEED = 0
+"""Seed of the fixed input of :func:`measure_keras_difference` (one RGB image, uniform 0..255)."""
+
+
 def _summary(names: List[str], limit: int = 6) -> str:
     if not names:
         return "none"
@@ -80,9 +98,13 @@ def load_pretrained(model, config: Mapping[str, Any], path: str | None = None,
     Returns:
         The report: ``source``, ``format``, ``scheme``, ``loaded`` (``{tensor, weight, shape}``),
         ``left_initialised`` (Keras weight paths), ``unused`` (checkpoint tensors), ``ignored``,
-        ``notes``, ``counts``.
+        ``notes``, ``counts``; for an inexact load (Keras ResNet weights with
+        ``model.pretrained_inexact: true``) also ``inexact``: the reason and the measured
+        difference (:func:`measure_keras_difference`).
 
     Raises:
+        InexactWeightsError: Keras ResNet weights (not exact: v1 strides) without
+            ``model.pretrained_inexact: true``; nothing is read or assigned then.
         trainer.import_weights.WeightImportError: a required tensor is missing or mis-shaped (named),
             or the file holds another architecture; nothing is assigned then.
         ValueError: an unknown file type; FileNotFoundError; ImportError (``.pth`` without torch).
@@ -111,6 +133,12 @@ def load_pretrained(model, config: Mapping[str, Any], path: str | None = None,
     for note in report["notes"]:
         log(f"model.pretrained: {note}")
     return report
+
+
+def _inexact_blocks(model) -> List[str]:
+    """The blocks of ``model`` where keras.applications' ResNet v1 strides differ from ours."""
+    names = {layer.name for layer in model.layers}
+    return [block for block in KERAS_V1_STRIDED_BLOCKS if f"{block}_1_conv" in names]
 
 
 def _load_torch(model, model_name: str, path: str) -> Dict[str, Any]:
@@ -214,6 +242,14 @@ def _load_keras(model, config: Mapping[str, Any], path: str) -> Dict[str, Any]:
         raise ValueError(f"model.pretrained {path}: Keras weight files are supported for the keras.applications "
                          f"ResNets (simplebaseline depth {sorted(KERAS_RESNET_DEPTHS)}), not {model_name} "
                          f"depth {depth}")
+    strided = _inexact_blocks(model)
+    allowed = config["model"].get("pretrained_inexact", False) is True
+    if strided and not allowed:
+        raise InexactWeightsError(
+            f"model.pretrained {path}: keras.applications {KERAS_RESNET_DEPTHS[depth]} weights cannot load exactly: "
+            f"Keras' ResNet is v1 (stride 2 on the first 1x1 conv of {', '.join(strided)}), ours v1.5 (on the 3x3), "
+            "so the features differ from conv3_block1 on; use torchvision's .pth (exact), or set "
+            "model.pretrained_inexact: true to start from them anyway (the report then gives the measured difference)")
     with tempfile.TemporaryDirectory() as directory:
         local = import_weights._local_copy(path, directory)  # pylint: disable=protected-access
         source = _read_legacy_h5(local)
@@ -246,12 +282,78 @@ def _load_keras(model, config: Mapping[str, Any], path: str) -> Dict[str, Any]:
                     for variable in variables)
     for variable, value in assignments:
         variable.assign(value)
-    notes = ["keras.applications ResNets are v1 (stride on the first 1x1 conv of a block), ours v1.5 (stride on "
-             "the 3x3, as torchvision and the pose papers): the weights load, the features differ somewhat",
-             "conv biases folded into the BN moving means, BN eps 1.001e-5 -> 1e-5 folded into gamma, Caffe BGR "
+    notes = ["conv biases folded into the BN moving means, BN eps 1.001e-5 -> 1e-5 folded into gamma, Caffe BGR "
              "mean-subtracted input folded into conv1 (exact but within 3 pixels of the border)"]
-    return {"format": "keras", "scheme": f"keras.applications {KERAS_RESNET_DEPTHS[depth]}", "loaded": loaded,
-            "left_initialised": sorted(left_initialised), "unused": unused, "ignored": [], "notes": notes}
+    report = {"format": "keras", "scheme": f"keras.applications {KERAS_RESNET_DEPTHS[depth]}", "loaded": loaded,
+              "left_initialised": sorted(left_initialised), "unused": unused, "ignored": [], "notes": notes}
+    if strided:
+        difference = measure_keras_difference(model, source, depth)
+        measured = (", ".join(f"{name} {value['relative_l2']:.2%}" for name, value in difference["stages"].items())
+                    if "stages" in difference else difference["error"])
+        report["inexact"] = {
+            "reason": f"keras.applications ResNets are v1 (stride 2 on the first 1x1 conv of {', '.join(strided)}), "
+                      "ours v1.5 (on the 3x3, as torchvision and the pose papers): not convertible; loaded because "
+                      "model.pretrained_inexact is true",
+            "blocks": strided, **difference}
+        notes.insert(0, f"INEXACT (model.pretrained_inexact: true): v1 strides in {', '.join(strided)}; relative "
+                        f"difference of each stage's output from keras.applications' {KERAS_RESNET_DEPTHS[depth]} "
+                        f"with these weights on a fixed input: {measured}")
+    return report
+
+
+def measure_keras_difference(model, source: Mapping[str, Mapping[str, np.ndarray]], depth: int) -> Dict[str, Any]:
+    """How far ``model`` (weights loaded from ``source``) is from keras.applications' ResNet with those weights.
+
+    Builds ``keras.applications.ResNet{depth}(weights=None, include_top=False)``
+    at the model's input size, assigns ``source`` to it by layer and variable
+    name, and runs both in inference mode on one fixed image (uniform 0..255
+    RGB, seed :data:`MEASURE_SEED`; Caffe-preprocessed for Keras as
+    ``keras.applications.resnet.preprocess_input`` does, raw for ours). For
+    the last block of every stage both have (``convN_blockM_out``) it gives
+    ``relative_l2`` = ||ours - keras|| / ||keras|| and ``relative_max`` =
+    max |ours - keras| / max |keras|, over the whole map (stage 2, before any
+    stride, shows the border effect of the input folding alone).
+
+    Args:
+        model: our model, weights already loaded.
+        source: layer name -> {variable name: array} as read from the file.
+        depth: 50, 101 or 152.
+
+    Returns:
+        ``{"input": description, "metric": description, "stages": {layer: {"relative_l2", "relative_max"}}}``,
+        or ``{"error": message}`` when the reference cannot be built or run (the load itself stands).
+    """
+    import keras
+
+    height, width = (int(v) for v in model.input.shape[1:3])
+    description = {"input": f"1 x {height} x {width} x 3 RGB image, uniform 0..255, numpy seed {MEASURE_SEED}",
+                   "metric": "relative_l2 = ||ours - keras|| / ||keras||, relative_max = max|ours - keras| / "
+                             "max|keras|, whole stage output, inference mode"}
+    try:
+        reference = getattr(keras.applications, KERAS_RESNET_DEPTHS[depth])(
+            weights=None, include_top=False, input_shape=(height, width, 3))
+        for layer in reference.layers:
+            for variable in layer.weights:
+                variable.assign(np.asarray(source[layer.name][variable.name], variable.dtype))
+        ours_names = {layer.name for layer in model.layers}
+        stages = {}
+        for layer in reference.layers:
+            stage = layer.name.split("_")[0]
+            if layer.name.endswith("_out") and layer.name in ours_names:
+                stages[stage] = layer.name                        # the last block of the stage wins
+        names = list(stages.values())
+        image = np.random.default_rng(MEASURE_SEED).uniform(0.0, 255.0, (1, height, width, 3)).astype(np.float32)
+        expected = keras.Model(reference.input, [reference.get_layer(n).output for n in names])(
+            keras.applications.resnet.preprocess_input(image.copy()), training=False)
+        ours = keras.Model(model.input, [model.get_layer(n).output for n in names])(image, training=False)
+        result = {}
+        for name, mine, theirs in zip(names, ours, expected):
+            mine, theirs = np.asarray(mine, np.float64), np.asarray(theirs, np.float64)
+            result[name] = {"relative_l2": float(np.linalg.norm(mine - theirs) / (np.linalg.norm(theirs) or 1.0)),
+                            "relative_max": float(np.abs(mine - theirs).max() / (np.abs(theirs).max() or 1.0))}
+    except Exception as error:  # noqa: BLE001 -- the measurement is a report entry; the load stands without it
+        return {**description, "error": f"not measured: {type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+    return {**description, "stages": result}
 
 
 # --------------------------------------------------------------------------

@@ -18,8 +18,9 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 
-# Keys every builder takes: ``pretrained`` is read by trainer.pretrained (weights), not by the builders.
-COMMON_MODEL_KEYS = {"pretrained": None}
+# Keys every builder takes: ``pretrained`` and ``pretrained_inexact`` are read by trainer.pretrained (weights),
+# not by the builders (validated in pose.config).
+COMMON_MODEL_KEYS = {"pretrained": None, "pretrained_inexact": False}
 
 
 def merge_options(config: Mapping[str, Any], defaults: Mapping[str, Any], model_name: str) -> Dict[str, Any]:
