@@ -256,7 +256,7 @@ def test_trainer_cli_exits_2_on_inexact_weights(keras_resnet50, tmp_path, capsys
     """python -m trainer.task with Keras ResNet weights and no model.pretrained_inexact: one line, exit 2."""
     import yaml
 
-    from pipeline import cli
+    from toolkit import cli
     from records_util import synthetic_records, write_split
     from trainer import task
 
