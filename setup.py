@@ -37,7 +37,7 @@ setup(
     # schema; schemas/metas/*.yaml, the bundled dataset metas): without them a non-editable install
     # (`pip install .`, the component image) lacks them. tests/test_packaging.py builds the wheel and
     # checks every such file is inside.
-    package_data={"": ["*.pbtxt", "*.yaml", "*.yml", "*.json", "*.txt", "*.csv"], "schemas": ["metas/*.yaml"]},
+    package_data={"": ["*.pbtxt", "*.yaml", "*.yml", "*.json", "*.txt", "*.csv"]},
     install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"test": [
         "pytest>=8,<9", "pytest-timeout>=2.3,<3",

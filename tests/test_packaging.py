@@ -12,7 +12,7 @@ import sys
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("pose", "schemas", "trainer", "components", "pipeline")
+PACKAGES = ("toolkit", "pose", "schemas", "trainer", "components", "pipeline")
 DATA_SUFFIXES = (".pbtxt", ".yaml", ".yml", ".json", ".txt", ".csv")
 """Non-Python files a module may load from beside itself (text protos, configs, tables)."""
 
