@@ -398,6 +398,17 @@ def _load_cached(path: str) -> KeypointSchema:
     return load_meta(path)
 
 
+def as_schema(value: "KeypointSchema | str") -> KeypointSchema:
+    """``value`` itself when it is a :class:`KeypointSchema`, else the bundled meta of that name.
+
+    Lets stage functions take either a schema (any meta) or a bundled name (``"coco"``, ``"mpii"``).
+
+    Raises:
+        ValueError: an unknown bundled name.
+    """
+    return value if isinstance(value, KeypointSchema) else bundled(str(value))
+
+
 def resolve(dataset: str | None = None, meta_path: str | None = None) -> KeypointSchema:
     """A CLI's schema: ``--dataset-meta`` file when given, else the bundled ``--dataset`` (default coco)."""
     if meta_path:
