@@ -41,22 +41,6 @@ from schemas.dataset_meta import BUNDLED
 EXIT_BLESSED, EXIT_NOT_BLESSED, EXIT_ERROR = 0, 1, 2
 
 
-def meta_overrides(dataset: str | None, meta_path: str | None) -> dict | None:
-    """Config overrides of ``--dataset`` / ``--dataset-meta`` (``None`` when neither is given).
-
-    ``--dataset-meta`` wins over the config's ``dataset_meta``; ``--dataset`` names a bundled
-    meta and clears the config's ``dataset_meta``. Both at once are refused.
-
-    Raises:
-        ValueError: both flags given.
-    """
-    if dataset and meta_path:
-        raise ValueError("give --dataset (a bundled meta) or --dataset-meta (a meta file), not both")
-    if meta_path:
-        return {"dataset_meta": meta_path}
-    if dataset:
-        return {"dataset": dataset, "dataset_meta": None}
-    return None
 
 
 def verdict_table(blessing: dict) -> str:
@@ -97,7 +81,7 @@ def main(argv: List[str] | None = None) -> int:
     args, beam_args = parser.parse_args_and_beam_flags(argv)  # exit 2 on a flag that is neither
     logging.basicConfig(level=logging.WARNING)
     try:
-        from pose.config import load_config, require_value_threshold
+        from pose.config import load_config, meta_overrides, require_value_threshold
 
         config = load_config(args.config, small_run=args.small_run,  # before the heavy imports: fail fast
                              overrides=meta_overrides(args.dataset, args.dataset_meta))

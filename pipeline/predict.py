@@ -84,6 +84,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from schemas.dataset_meta import BUNDLED
 from toolkit import cli
 
 RESULTS_FILE = "keypoint_results.json"
@@ -186,13 +187,15 @@ class ServingModel:
                 serving.OUTPUT_BOX_STATUS: outputs[serving.OUTPUT_BOX_STATUS].numpy()}
 
 
-def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel:
+def load_model(saved_model_dir: str, dataset: Any = None) -> ServingModel:
     """Loads a SavedModel (TF2 loader) and reads K and the input size from its signatures.
 
     An export carries its dataset meta (``assets.extra/dataset_meta.json``,
     :func:`schemas.dataset_meta.read_serving_meta`): its names and skeleton are drawn.
     An older export without one is matched by its joint count (COCO 17, MPII 16).
-    ``dataset`` (from ``--config``) must agree with it.
+    ``dataset`` (a :class:`~schemas.dataset_meta.KeypointSchema` from ``--config`` /
+    ``--dataset-meta``, or a bundled name) must agree with it; for an export without a
+    meta it names the layout to draw.
 
     Raises:
         ValueError: no ``predict_image`` / ``heatmaps`` signature, a bottom-up model
@@ -202,7 +205,7 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     import tensorflow as tf
 
     from schemas import dataset_meta, serving
-    from schemas.keypoints import COCO, MPII, get_schema
+    from schemas.keypoints import COCO, MPII
 
     loaded = tf.saved_model.load(saved_model_dir)
     missing = [name for name in (serving.PREDICT_IMAGE, serving.HEATMAPS) if name not in loaded.signatures]
@@ -218,16 +221,21 @@ def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel
     crops = loaded.signatures[serving.HEATMAPS].structured_input_signature[1][serving.INPUT_IMAGES]
     input_size = tuple(int(v) for v in crops.shape[1:3])
     carried = dataset_meta.read_serving_meta(saved_model_dir)  # the export's own meta (skeleton, names)
-    if carried is not None and dataset in (None, carried.name):
+    expected = dataset_meta.as_schema(dataset) if dataset is not None else None
+    if carried is not None and expected is not None and expected.hash != carried.hash:
+        raise ValueError(f"{saved_model_dir}: the model carries the dataset meta {carried.name!r} "
+                         f"({carried.num_joints} joints) but --config / --dataset-meta give {expected.name!r} "
+                         f"({expected.num_joints} joints); leave them out to use the model's own")
+    if carried is not None:
         schema = carried
         if schema.num_joints != num_joints:
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but its dataset meta "
                              f"{schema.name!r} has {schema.num_joints}")
-    elif dataset is not None:
-        schema = get_schema(dataset)
+    elif expected is not None:
+        schema = expected
         if schema.num_joints != num_joints:
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but the config's "
-                             f"dataset {dataset!r} has {schema.num_joints}")
+                             f"dataset {schema.name!r} has {schema.num_joints}")
     else:
         matching = [schema for schema in (COCO, MPII) if schema.num_joints == num_joints]  # exports without a meta
         if len(matching) != 1:
@@ -712,8 +720,14 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
     if not os.path.exists(images):
         raise FileNotFoundError(f"--images {images} does not exist")
     saved_model_dir, found_as = resolve_model(model_path)
-    model = load_model(saved_model_dir, config["dataset"] if config else None)
-    config = config if config is not None else build_config({"dataset": model.schema.name}, name="predict")
+    from schemas import dataset_meta
+
+    model = load_model(saved_model_dir, dataset_meta.schema_for(config) if config else None)
+    if config is None:   # the model's own layout: a bundled name, or its carried meta inline
+        bundled = model.schema.name in dataset_meta.BUNDLED and \
+            dataset_meta.bundled(model.schema.name).hash == model.schema.hash
+        config = build_config({"dataset": model.schema.name} if bundled else {"dataset_meta": model.schema.to_meta()},
+                              name="predict")
     threshold = float(config["data"]["det_score_threshold"] if det_score_threshold is None else det_score_threshold)
     draw_threshold = draw.DEFAULT_THRESHOLD if draw_threshold is None else float(draw_threshold)
     max_pixels = int(config["data"]["max_image_pixels"])
@@ -809,13 +823,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        "data.max_image_pixels (default: the built-in defaults)")
     parser.add_argument("--draw-threshold", type=float, default=None,
                         help="joints scored below are not drawn (default 0.2)")
+    parser.add_argument("--dataset", default=None, choices=sorted(BUNDLED),
+                        help="bundled dataset meta (default: the meta the export carries)")
+    parser.add_argument("--dataset-meta", default=None,
+                        help="dataset meta file (YAML/JSON): joint names and skeleton for an export that carries "
+                             "none; must agree with one that does")
     args = parser.parse_args(argv)
     try:
-        config = None
-        if args.config:
-            from pose.config import load_config
+        from pose.config import build_config, load_config, meta_overrides
 
-            config = load_config(args.config)
+        config = None
+        overrides = meta_overrides(args.dataset, args.dataset_meta)
+        if args.config:
+            config = load_config(args.config, overrides=overrides)
+        elif overrides:
+            config = build_config(dict(overrides), name="predict")
         summary = predict(args.model, args.images, args.out, args.det_file, args.det_score_threshold, config,
                           args.draw_threshold)
     except (ValueError, OSError) as error:   # ours: the message names the file or flag
