@@ -150,3 +150,19 @@ def test_run_evaluator_refuses_pck_without_gt_and_a_model_of_another_layout(shar
     with pytest.raises(ValueError, match="carries the dataset meta 'coco'"):
         evaluator.run_evaluator(model, str(tmp_path / "examples"), config, str(tmp_path / "b2"),
                                 gt_annotations=gt_path)
+
+
+def test_gate_flags_set_the_meta_and_its_metric(shared_data, tmp_path, capsys):
+    from pipeline import gate
+
+    meta = os.path.join(shared_data, HAND, "dataset_meta.json")
+    config = tmp_path / "gate.yaml"
+    config.write_text("eval: {thresholds: {AP: {lower_bound: 0.5}}}\n")
+    common = ["--candidate", str(tmp_path / "none"), "--eval-data", str(tmp_path / "none"), "--config", str(config)]
+    assert gate.main(common + ["--dataset-meta", meta]) == gate.EXIT_ERROR   # AP is not a metric of a PCK set
+    assert "unknown metric 'AP' for onehand10k" in capsys.readouterr().err
+    assert gate.main(common + ["--dataset-meta", meta, "--dataset", "coco"]) == gate.EXIT_ERROR
+    assert "not both" in capsys.readouterr().err
+    config.write_text("eval: {thresholds: {EPE: {upper_bound: 5.0}}}\n")
+    assert gate.main(common + ["--dataset-meta", meta]) == gate.EXIT_ERROR   # past the metric check
+    assert "(metric pck)" in capsys.readouterr().err      # the meta's metric reached the Evaluator
