@@ -169,7 +169,9 @@ class KeypointSchema:
     @property
     def hash(self) -> str:
         """sha256 (hex) of the canonical meta (sorted-key JSON of :meth:`to_meta`): equal layouts, equal hash."""
-        text = json.dumps(self.to_meta(), sort_keys=True, separators=(",", ":"))
+        from schemas import jsonio
+
+        text = jsonio.dumps(self.to_meta(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
