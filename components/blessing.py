@@ -19,7 +19,7 @@ import json
 import math
 import os
 import uuid
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping
 
 import tensorflow as tf
 
@@ -42,14 +42,17 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def threshold_checks(metrics: Mapping[str, float], thresholds: Mapping[str, Mapping[str, float]],
-                     baseline_metrics: Mapping[str, float] | None) -> List[Dict[str, Any]]:
+                     baseline_metrics: Mapping[str, float] | None,
+                     lower_is_better: Iterable[str] = ()) -> List[Dict[str, Any]]:
     """One row per configured bound: ``{"metric", "kind", "bound", "value", "passed", "skipped"}``.
 
     ``kind`` is ``lower_bound``, ``upper_bound`` or ``max_drop``; for ``max_drop``
-    the value is ``candidate - baseline`` and the bound ``-max_drop``. Change
-    checks are ``skipped`` (and pass) without baseline metrics. A metric that
-    is missing or NaN fails.
+    the value is ``candidate - baseline`` and the bound ``-max_drop`` (must be
+    >= it), or, for a metric in ``lower_is_better`` (``EPE``), ``+max_drop``
+    (must be <= it). Change checks are ``skipped`` (and pass) without baseline
+    metrics. A metric that is missing or NaN fails.
     """
+    lower_is_better = set(lower_is_better)
     rows: List[Dict[str, Any]] = []
     for metric, bounds in thresholds.items():
         value = metrics.get(metric)
@@ -61,14 +64,17 @@ def threshold_checks(metrics: Mapping[str, float], thresholds: Mapping[str, Mapp
             elif kind == "upper_bound":
                 row.update(value=value, passed=finite and float(value) <= bound)
             elif kind == "max_drop":
-                row["bound"] = -float(bound)
+                rise = metric in lower_is_better
+                row["bound"] = float(bound) if rise else -float(bound)
+                if rise:
+                    row["lower_is_better"] = True
                 if baseline_metrics is None:
                     row.update(value=None, passed=True, skipped=True)
                 else:
                     base = baseline_metrics.get(metric)
                     ok = finite and base is not None and not math.isnan(float(base))
                     change = float(value) - float(base) if ok else None
-                    row.update(value=change, passed=ok and change >= -float(bound))
+                    row.update(value=change, passed=ok and (change <= float(bound) if rise else change >= -float(bound)))
             else:
                 raise ValueError(f"unknown threshold kind {kind!r} for {metric}")
             rows.append(row)

@@ -11,10 +11,16 @@ Steps of :func:`run_evaluator`:
    version, non-finite predictions, no ``gt_valid`` row) go to a dead-letter
    file with their reason and are counted; any dead letter blocks the blessing.
 2. **TFMA**: ``tfma.run_model_analysis`` over the joined examples in
-   materialized-predictions mode, with our custom metrics (COCO OKS-AP or MPII
-   PCKh), slices by person size, and the value/change thresholds in the EvalConfig.
-3. **Direct check**: the same metrics computed directly (pycocotools / PCKh)
+   materialized-predictions mode, with our custom metrics (the dataset meta's
+   ``metric``: OKS AP/AR with the meta's sigmas and categories, PCK@0.2 / AUC /
+   EPE of the box, or MPII PCKh), slices by person size, and the value/change
+   thresholds in the EvalConfig.
+3. **Direct check**: the same metrics computed directly (pycocotools / PCK / PCKh)
    must equal TFMA's; also writes the COCO results json and per-keypoint numbers.
+
+The keypoint layout is the config's dataset meta (``dataset_meta``, else the bundled
+``dataset``; :func:`evaluation_schema`); a candidate that carries another meta in its
+export (``assets.extra/dataset_meta.json``) is refused before any inference.
 4. **Blessing**: ``BLESSED`` iff TFMA's validation passed, no record was
    skipped and TFMA agrees with the direct computation.
 5. **Report**: ``evaluation/report.md`` + PNG overlays.
@@ -36,13 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from components import blessing as blessing_lib
-from components import metrics_coco, metrics_mpii, pusher, tfma_metrics
+from components import metrics_coco, metrics_mpii, metrics_pck, pusher, tfma_metrics
 from pose.config import require_value_threshold
 from schemas import examples as examples_layout
 from schemas import jsonio
 from schemas import features as record_features
-from schemas import serving
-from schemas.keypoints import get_schema
+from schemas import dataset_meta, serving
+from schemas.dataset_meta import KeypointSchema
 from toolkit import cli
 
 logger = logging.getLogger(__name__)
@@ -104,19 +110,28 @@ class InferenceFn(beam.DoFn):
     Main output: serialized joined tf.Examples. Tagged output :attr:`DEAD_LETTER`:
     JSON lines ``{"reason", "detail", "image_id", "annotation_id"}`` with reasons
     ``unparsable_record``, ``model_error`` (the signature failed on this record),
-    ``schema_version``, ``wrong_dataset``, ``non_finite_prediction``, ``no_gt_valid_row``.
+    ``schema_version``, ``wrong_dataset``, ``non_finite_prediction``, ``no_gt_valid_row``,
+    ``no_gt_annotation`` (metric ``pck``: the record's annotation is not in ``box_sizes``).
     A failing batch is retried record by record to isolate the bad ones.
+
+    Args:
+        dataset: the records' ``dataset`` (the meta's ``dataset_name``).
+        num_joints: K (default: the bundled meta ``dataset``'s).
+        box_sizes: ``{annotation id: longer side of its GT box, pixels}`` (metric ``pck``): goes
+            into the joined example's ``head_size`` (the PCK normaliser).
     """
 
     DEAD_LETTER = "dead_letter"
 
     def __init__(self, model_paths: Mapping[str, str], dataset: str, padding: float = 1.25,
-                 gt_valid_path: str | None = None):
+                 gt_valid_path: str | None = None, num_joints: int | None = None,
+                 box_sizes: Mapping[int, float] | None = None):
         self._model_paths = dict(model_paths)
         self._dataset = dataset
         self._padding = float(padding)
         self._gt_valid_path = gt_valid_path
-        self._num_joints = get_schema(dataset).num_joints
+        self._num_joints = int(num_joints) if num_joints else dataset_meta.bundled(dataset).num_joints
+        self._box_sizes = dict(box_sizes) if box_sizes is not None else None
 
     def setup(self):
         self._loaded = {name: tf.saved_model.load(path) for name, path in self._model_paths.items()}
@@ -188,6 +203,15 @@ class InferenceFn(beam.DoFn):
                 except ValueError as error:
                     matched[position] = False
                     yield self._dead("no_gt_valid_row", str(error), parsed, index)
+        if self._box_sizes is not None:
+            for position, index in enumerate(good):
+                size = self._box_sizes.get(int(parsed["annotation/id"][index]))
+                if size is None:
+                    matched[position] = False
+                    yield self._dead("no_gt_annotation", f"annotation id {int(parsed['annotation/id'][index])} "
+                                     "has no box in gt_annotations (PCK is normalised by it)", parsed, index)
+                else:
+                    head_sizes[position] = size
         for position, index in enumerate(good):
             if not matched[position]:
                 continue
@@ -234,8 +258,9 @@ class BottomUpInferenceFn(InferenceFn):
     """
 
     def __init__(self, model_paths: Mapping[str, str], dataset: str, padding: float = 1.25,
-                 gt_valid_path: str | None = None):
-        super().__init__(model_paths, dataset, padding, None)
+                 gt_valid_path: str | None = None, num_joints: int | None = None,
+                 box_sizes: Mapping[int, float] | None = None):
+        super().__init__(model_paths, dataset, padding, None, num_joints)
 
     def _parse(self, batch: List[bytes]) -> Dict[str, np.ndarray]:
         from schemas import bottom_up
@@ -309,11 +334,13 @@ class BottomUpInferenceFn(InferenceFn):
 
 def run_inference(pattern: str, model_paths: Mapping[str, str], dataset: str, output_dir: str,
                   batch_size: int, padding: float, gt_valid_path: str | None,
-                  beam_args: Sequence[str], approach: str = "top_down") -> Dict[str, Any]:
+                  beam_args: Sequence[str], approach: str = "top_down", num_joints: int | None = None,
+                  box_sizes: Mapping[int, float] | None = None) -> Dict[str, Any]:
     """Beam pipeline: records -> joined examples (``output_dir/joined-*.tfrecord``) + dead letters.
 
     ``approach``: ``top_down`` (person-crop records, :class:`InferenceFn`) or
-    ``bottom_up`` (whole-image records, :class:`BottomUpInferenceFn`).
+    ``bottom_up`` (whole-image records, :class:`BottomUpInferenceFn`);
+    ``num_joints`` / ``box_sizes``: see :class:`InferenceFn`.
 
     Returns:
         ``{"joined_pattern", "num_persons", "skipped": {reason: count}}``.
@@ -331,7 +358,7 @@ def run_inference(pattern: str, model_paths: Mapping[str, str], dataset: str, ou
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=batch_size)
             | "RunModels" >> beam.ParDo(
                 (BottomUpInferenceFn if approach == "bottom_up" else InferenceFn)(
-                    model_paths, dataset, padding, gt_valid_path)).with_outputs(
+                    model_paths, dataset, padding, gt_valid_path, num_joints, box_sizes)).with_outputs(
                 InferenceFn.DEAD_LETTER, main="joined")
         )
         _ = outputs.joined | "WriteJoined" >> beam.io.WriteToTFRecord(joined_prefix, file_name_suffix=".tfrecord")
@@ -434,17 +461,19 @@ def tfma_failure_reason(tfma_result: Mapping[str, Any]) -> str:
 # Orchestration
 # --------------------------------------------------------------------------
 
-def _direct_metrics(dataset: str, persons: Sequence[Mapping[str, Any]], options: Mapping[str, Any],
+def _direct_metrics(schema: KeypointSchema, persons: Sequence[Mapping[str, Any]], options: Mapping[str, Any],
                     ) -> Dict[str, Any]:
-    if dataset == "coco":
-        stats, per_keypoint, results = metrics_coco.evaluate_persons(
-            tfma_metrics.persons_from_joined(persons), gt=options.get("gt_annotations"),
-            rescore_threshold=options["rescore_threshold"], nms_threshold=options["nms_threshold"],
-            soft_nms=options["soft_nms"], restrict_to_result_images=options["restrict_to_eval_images"])
+    if schema.metric == "oks":
+        stats, per_keypoint, results = tfma_metrics.coco_evaluate_joined(persons, **options)
         return {"metrics": {name: stats[name] for name in tfma_metrics.COCO_METRIC_NAMES},
                 "per_keypoint": per_keypoint, "results": results,
                 "extra": {"num_results": stats["num_results"],
                           metrics_coco.AREA_FROM_BOX: int(stats.get(metrics_coco.AREA_FROM_BOX, 0))}}
+    if schema.metric == "pck":
+        pred, gt, scored, sizes = tfma_metrics.pck_arrays(persons)
+        return {"metrics": tfma_metrics.pck_metrics_from_joined(persons),
+                "per_keypoint": metrics_pck.per_joint(pred, gt, scored, sizes, schema.joint_names),
+                "results": None, "extra": {"joints_scored": int(scored.sum()), "instances": int(len(sizes))}}
     converted = tfma_metrics.persons_from_joined(persons)
     table = metrics_mpii.pckh_table(np.stack([p["keypoints"] for p in converted]),
                                     np.stack([p["gt_keypoints"] for p in converted]),
@@ -457,6 +486,8 @@ def _direct_metrics(dataset: str, persons: Sequence[Mapping[str, Any]], options:
 
 def _format_check(row: Mapping[str, Any]) -> str:
     value = "missing" if row["value"] is None else f"{row['value']:.4f}"
+    if row["kind"] == "max_drop" and row.get("lower_is_better"):
+        return f"{row['metric']} change {value} > +{row['bound']:.4f} (max_drop; lower is better)"
     if row["kind"] == "max_drop":
         return f"{row['metric']} change {value} < -{-row['bound']:.4f} (max_drop)"
     relation = "<" if row["kind"] == "lower_bound" else ">"
@@ -464,6 +495,43 @@ def _format_check(row: Mapping[str, Any]) -> str:
     if row["value"] == -1:
         text += " (pycocotools' -1: no ground-truth person in that size range)"
     return text
+
+
+def evaluation_schema(config: Mapping[str, Any], candidate_path: str | None = None) -> KeypointSchema:
+    """The keypoint layout an evaluation uses: the config's dataset meta, checked against the candidate's.
+
+    The config's ``dataset_meta`` (file or mapping), else its bundled ``dataset``
+    (:func:`schemas.dataset_meta.schema_for`). A candidate export that carries a meta
+    (``assets.extra/dataset_meta.json``, :func:`schemas.dataset_meta.read_serving_meta`)
+    must carry the same one (equal :attr:`KeypointSchema.hash`); exports made before
+    dataset metas carry none and are taken as the config says.
+
+    Raises:
+        ValueError: a malformed meta, or a candidate trained on another layout (naming both).
+    """
+    schema = dataset_meta.schema_for(config)
+    if candidate_path:
+        carried = dataset_meta.read_serving_meta(candidate_path)
+        if carried is not None and carried.hash != schema.hash:
+            raise ValueError(f"candidate {candidate_path} carries the dataset meta {carried.name!r} "
+                             f"({carried.num_joints} joints, hash {carried.hash[:12]}) but the config's is "
+                             f"{schema.name!r} ({schema.num_joints} joints, hash {schema.hash[:12]}): give the "
+                             "model's meta (--dataset-meta / dataset_meta:)")
+    return schema
+
+
+def gt_box_sizes(api, categories: Sequence[int]) -> Dict[int, float]:
+    """``{annotation id: max(box w, box h)}`` of the annotations of ``categories`` with a positive box
+    (the PCK normaliser, as :func:`components.metrics_pck.match_results`)."""
+    chosen = set(int(c) for c in categories)
+    sizes = {}
+    for annotation in api.dataset["annotations"]:
+        bbox = annotation.get("bbox")
+        if int(annotation.get("category_id", 1)) in chosen and isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+            size = max(float(bbox[2]), float(bbox[3]))
+            if size > 0:
+                sizes[int(annotation["id"])] = size
+    return sizes
 
 
 def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], output_dir: str,
@@ -498,10 +566,12 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
             no evaluable record.
         FileNotFoundError: missing model or records.
     """
-    dataset = config["dataset"]
-    schema = get_schema(dataset)
+    schema = evaluation_schema(config)
+    dataset = schema.name
+    metric = schema.metric
+    is_coco = schema.hash == dataset_meta.bundled("coco").hash   # COCO's own options stay exactly as they were
     eval_config_section = config["eval"]
-    thresholds = tfma_metrics.validate_thresholds(eval_config_section.get("thresholds", {}), dataset)
+    thresholds = tfma_metrics.validate_thresholds(eval_config_section.get("thresholds", {}), schema)
     batch_size = int(eval_config_section["batch_size"])
     if batch_size < 1:
         raise ValueError(f"eval.batch_size must be >= 1, got {batch_size}")
@@ -509,17 +579,28 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     if approach == "bottom_up" and not gt_annotations:
         raise ValueError("gt_annotations (the COCO keypoint annotation file of the eval images) is required for "
                          "approach bottom_up: predictions carry no box and are matched to the file's persons")
-    if dataset == "mpii" and not gt_annotations:
+    if metric == "pckh" and not gt_annotations:
         raise ValueError("gt_annotations (a gt_valid.mat layout file) is required for MPII PCKh: "
                          "the records carry no head boxes")
+    if metric == "pck" and not gt_annotations:
+        raise ValueError(f"gt_annotations (the COCO-format annotation file of the eval records) is required for "
+                         f"dataset {dataset!r} (metric pck): PCK is normalised by each annotation's box, which "
+                         "the records do not carry")
     if gt_annotations and not tf.io.gfile.exists(gt_annotations):
         raise FileNotFoundError(f"gt_annotations {gt_annotations} does not exist")
+    categories = None   # a meta's categories in gt_annotations (pycocotools catIds); None for COCO / MPII
+    box_sizes = None
     if gt_annotations:  # fail fast, before any inference: the message names the file and the bad entry
-        if dataset == "coco":
-            metrics_coco.load_ground_truth(gt_annotations)
-        else:
+        if metric == "pckh":
             metrics_mpii.load_gt_valid(gt_annotations)
+        else:
+            api = metrics_coco.load_ground_truth(gt_annotations)
+            if not is_coco:   # joint count and category names checked against the meta
+                categories = dataset_meta.check_annotations(schema, api.dataset, gt_annotations)
+            if metric == "pck":
+                box_sizes = gt_box_sizes(api, categories)
     candidate_path = pusher.saved_model_path(model_dir)
+    evaluation_schema(config, candidate_path)   # a candidate trained on another layout is refused here
     baseline_path = pusher.saved_model_path(baseline_model_dir) if baseline_model_dir else None
     pattern = eval_file_pattern(examples_dir)
     # Before any inference: with max_drop alone (or no threshold) the first model is never blessed.
@@ -534,34 +615,39 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         model_paths[tfma_metrics.BASELINE] = baseline_path
     inference = run_inference(pattern, model_paths, dataset, evaluation_dir, batch_size,
                               float(config["data"].get("padding", 1.25)),
-                              gt_annotations if dataset == "mpii" else None, beam_args, approach=approach)
+                              gt_annotations if metric == "pckh" else None, beam_args, approach=approach,
+                              num_joints=schema.num_joints, box_sizes=box_sizes)
     if inference["num_persons"] == 0:
         raise ValueError(f"no evaluable record in {pattern} (skipped: {inference['skipped']})")
 
     coco_options = {
-        "gt_annotations": gt_annotations if dataset == "coco" else None,
+        "gt_annotations": gt_annotations if metric == "oks" else None,
         "rescore_threshold": float(eval_config_section["rescore_threshold"]),
         "nms_threshold": float(eval_config_section["oks_nms_threshold"]),
         "soft_nms": bool(eval_config_section["soft_nms"]),
         "restrict_to_eval_images": bool(eval_config_section.get("restrict_to_eval_images", False)),
     }
+    if metric == "oks" and not is_coco:   # the meta's sigmas, names and categories (never COCO's sigmas)
+        coco_options.update(dataset_meta=schema.to_meta(), category_ids=categories)
     slice_by_size = bool(eval_config_section.get("slice_by_person_size", True)) and not coco_options["gt_annotations"]
-    eval_config = tfma_metrics.build_eval_config(dataset, thresholds, baseline_path is not None, coco_options,
+    eval_config = tfma_metrics.build_eval_config(schema, thresholds, baseline_path is not None, coco_options,
                                                  slice_by_person_size=slice_by_size)
     tfma_result = run_tfma(inference["joined_pattern"], eval_config, os.path.join(evaluation_dir, "tfma"),
                            baseline_path is not None, beam_args)
 
     persons = read_joined(inference["joined_pattern"], schema.num_joints, list(model_paths))
-    direct = _direct_metrics(dataset, persons[tfma_metrics.CANDIDATE], coco_options)
-    baseline_direct = _direct_metrics(dataset, persons[tfma_metrics.BASELINE], coco_options) if baseline_path else None
+    direct = _direct_metrics(schema, persons[tfma_metrics.CANDIDATE], coco_options)
+    baseline_direct = _direct_metrics(schema, persons[tfma_metrics.BASELINE], coco_options) if baseline_path else None
     overall = tfma_result["slices"].get("overall", {})
     tfma_metrics_candidate = {name: overall.get(tfma_metrics.CANDIDATE, {}).get(name)
                               for name in direct["metrics"]}
     mismatch = {name: (tfma_metrics_candidate[name], value) for name, value in direct["metrics"].items()
-                if tfma_metrics_candidate[name] is None or abs(tfma_metrics_candidate[name] - value) > _TOLERANCE}
+                if tfma_metrics_candidate[name] is None or (abs(tfma_metrics_candidate[name] - value) > _TOLERANCE
+                                                             and not (np.isnan(value) and np.isnan(tfma_metrics_candidate[name])))}
 
     baseline_metrics = baseline_direct["metrics"] if baseline_direct else None
-    checks = blessing_lib.threshold_checks(direct["metrics"], thresholds, baseline_metrics)
+    checks = blessing_lib.threshold_checks(direct["metrics"], thresholds, baseline_metrics,
+                                           lower_is_better=tfma_metrics.LOWER_IS_BETTER)
     reasons = [_format_check(row) for row in checks if not row["passed"]]
     if inference["skipped"]:
         reasons.append(f"{sum(inference['skipped'].values())} eval records could not be evaluated: {inference['skipped']}")
@@ -588,6 +674,8 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
     record = {
         "blessed": blessed,
         "dataset": dataset,
+        "metric": metric,
+        "dataset_meta_hash": schema.hash,
         "candidate": candidate_path,
         "baseline": baseline_path,
         "metrics": direct["metrics"],

@@ -252,7 +252,8 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
         nms_threshold: OKS-NMS threshold; ``None`` disables NMS.
         soft_nms: soft-OKS-NMS instead of greedy removal.
         sigmas: (K,) OKS sigmas; default COCO's.
-        category_id: COCO category of the results.
+        category_id: COCO category of the results (a person's own ``category_id``, when it
+            carries one, wins: multi-category metas such as AP-10K).
 
     Returns:
         COCO results: ``[{"image_id", "category_id", "keypoints": [x, y, s]*K, "score"}]``,
@@ -272,6 +273,7 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
         raise ValueError(f"persons have {keypoints.shape[1]} joints but sigmas has {sigmas.size}")
     box_scores = np.asarray([float(p.get("box_score", 1.0)) for p in persons])
     areas = np.asarray([float(p["area"]) for p in persons])
+    categories = np.asarray([int(p.get("category_id", category_id)) for p in persons], np.int64)
     pose_scores = rescore(joint_scores, box_scores, rescore_threshold)
     # A fixed order before NMS (whose ties go to the first pose) and COCOeval (whose
     # stable sort keeps ties in input order): the verdict must not depend on Beam's order.
@@ -285,7 +287,7 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
     order = sorted(range(len(persons)), key=person_key)
     order = np.asarray(order, np.int64)
     image_ids, keypoints, joint_scores = image_ids[order], keypoints[order], joint_scores[order]
-    areas, pose_scores = areas[order], pose_scores[order]
+    areas, pose_scores, categories = areas[order], pose_scores[order], categories[order]
     results: List[Dict[str, Any]] = []
     for image_id in np.unique(image_ids):
         index = np.flatnonzero(image_ids == image_id)
@@ -303,7 +305,7 @@ def persons_to_results(persons: Sequence[Mapping[str, Any]], rescore_threshold: 
             score = pose_scores[person] if kept_scores is None else kept_scores[rank]
             results.append({
                 "image_id": int(image_id),
-                "category_id": int(category_id),
+                "category_id": int(categories[person]),
                 "keypoints": [float(v) for v in triplets.ravel()],
                 "score": float(score),
             })
@@ -706,6 +708,7 @@ def _per_keypoint(evaluator, api, detections, sigmas: np.ndarray, joint_names: L
 def evaluate_persons(persons: Sequence[Mapping[str, Any]], gt: Any = None, rescore_threshold: float = 0.2,
                      nms_threshold: float | None = 0.9, soft_nms: bool = False,
                      sigmas: np.ndarray | None = None, restrict_to_result_images: bool = False,
+                     schema: KeypointSchema | None = None, category_ids: Sequence[int] | None = None,
                      ) -> Tuple[Dict[str, float], Dict[str, Dict[str, float]], List[Dict[str, Any]]]:
     """The whole COCO path for model outputs: rescoring, OKS-NMS, results list, COCOeval.
 
@@ -715,17 +718,28 @@ def evaluate_persons(persons: Sequence[Mapping[str, Any]], gt: Any = None, resco
         gt: COCO keypoint json path/dict/COCO object, or ``None`` to rebuild it from the persons.
         restrict_to_result_images: evaluate only images that have results
             (default: every ground-truth image, the COCO protocol).
+        schema: the dataset meta (default COCO): its sigmas (unless ``sigmas`` is given), joint
+            names and skeleton (for a ground truth rebuilt from the persons).
+        category_ids: pycocotools ``params.catIds`` (a meta's categories); a person's own
+            ``category_id`` (when it carries one) becomes its result's category.
 
     Returns:
         ``(stats, per_keypoint, results)``; ``stats["area_from_box"]`` counts the ground-truth
         areas derived from boxes (:func:`oks_area`).
+
+    Raises:
+        ValueError: a schema without sigmas (no OKS for that layout), malformed persons / ground truth.
     """
+    if sigmas is None and schema is not None:
+        sigmas = schema.sigmas()
     derived_areas = None
     if gt is None:
-        gt = ground_truth_from_persons(persons)
+        gt = ground_truth_from_persons(persons, schema or COCO)
         derived_areas = gt["info"][AREA_FROM_BOX]
     results = persons_to_results(persons, rescore_threshold, nms_threshold, soft_nms, sigmas)
-    stats, per_keypoint = evaluate_results(gt, results, sigmas, restrict_to_result_images=restrict_to_result_images)
+    stats, per_keypoint = evaluate_results(gt, results, sigmas, restrict_to_result_images=restrict_to_result_images,
+                                           category_ids=category_ids,
+                                           joint_names=schema.joint_names if schema is not None else None)
     if derived_areas is not None:
         stats[AREA_FROM_BOX] = derived_areas
     return stats, per_keypoint, results

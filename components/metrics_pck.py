@@ -87,6 +87,29 @@ def pck_auc_epe(pred: np.ndarray, gt: np.ndarray, scored: np.ndarray, box_sizes:
     }
 
 
+LOWER_IS_BETTER: Tuple[str, ...] = ("EPE",)
+"""Stats where a smaller value is better (a gate on them is an ``upper_bound``; ``max_drop`` is a rise)."""
+
+
+def per_joint(pred: np.ndarray, gt: np.ndarray, scored: np.ndarray, box_sizes: np.ndarray,
+              joint_names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Per-joint ``{"PCK@0.2", "EPE" (pixels), "count"}`` (NaN where a joint is never scored).
+
+    Args:
+        pred, gt: (N, K, 2) image pixels; scored: (N, K) bool; box_sizes: (N,) pixels;
+        joint_names: K names (the keys, in joint order).
+    """
+    scored = np.asarray(scored, bool).reshape(-1, len(joint_names))
+    distances, normalised = normalised_errors(np.asarray(pred).reshape(-1, len(joint_names), 2),
+                                              np.asarray(gt).reshape(-1, len(joint_names), 2), box_sizes)
+    counts = scored.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pck_joint = ((normalised < PCK_ALPHA) & scored).sum(0) / counts
+        epe_joint = np.where(scored, distances, 0.0).sum(0) / counts
+    return {name: {"PCK@0.2": float(pck_joint[k]), "EPE": float(epe_joint[k]), "count": int(counts[k])}
+            for k, name in enumerate(joint_names)}
+
+
 def match_results(dataset: Mapping[str, Any], results: Sequence[Mapping[str, Any]], num_joints: int,
                   category_ids: Sequence[int], source: str = "results", gt_source: str = "ground truth",
                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

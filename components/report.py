@@ -22,7 +22,7 @@ from pose import coordinates
 from pose.images import decode_image_tf
 from schemas import features as record_features
 from schemas import serving
-from schemas.keypoints import KeypointSchema, get_schema
+from schemas.dataset_meta import KeypointSchema, as_schema, schema_for
 
 _SCORE_THRESHOLD = 0.2
 
@@ -78,10 +78,10 @@ def draw_skeleton(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, 
     return canvas
 
 
-def _overlay_people(pattern: str, persons: Sequence[Mapping[str, Any]], dataset: str,
+def _overlay_people(pattern: str, persons: Sequence[Mapping[str, Any]], dataset: KeypointSchema | str,
                     count: int) -> Iterator[Tuple[Dict[str, Any], Mapping[str, Any], Tuple[int, int, float, float]]]:
     """The first ``count`` eval records that have a prediction: ``(parsed record, person, key)``, in file order."""
-    schema = get_schema(dataset)
+    schema = as_schema(dataset)
     lookup = {(int(p["image_id"]), int(p["annotation_id"]), round(float(p["center"][0]), 2),
                round(float(p["center"][1]), 2)): p for p in persons}
     files = sorted(f for f in tf.io.gfile.glob(pattern) if not os.path.basename(f).startswith("."))
@@ -121,14 +121,15 @@ def _fresh_directory(directory: str) -> None:
         tf.io.gfile.remove(stale)
 
 
-def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[str, Any]], dataset: str,
-                   count: int) -> List[str]:
-    """Draws the predictions of the first ``count`` eval records on their crops; returns PNG paths."""
+def write_overlays(evaluation_dir: str, pattern: str, persons: Sequence[Mapping[str, Any]],
+                   dataset: KeypointSchema | str, count: int) -> List[str]:
+    """Draws the predictions of the first ``count`` eval records on their crops (the meta's skeleton;
+    ``dataset``: a dataset meta or bundled name); returns PNG paths."""
     if count <= 0:
         return []
     directory = os.path.join(evaluation_dir, "overlays")
     _fresh_directory(directory)
-    schema = get_schema(dataset)
+    schema = as_schema(dataset)
     written: List[str] = []
     for record, person, key in _overlay_people(pattern, persons, dataset, count):
         image = decode_image_tf(record["image/encoded"]).numpy()
@@ -167,7 +168,8 @@ def saved_model_attention_channels(model_path: str) -> int:
 
 
 def write_attention_overlays(evaluation_dir: str, model_path: str, pattern: str,
-                             persons: Sequence[Mapping[str, Any]], dataset: str, count: int) -> List[str]:
+                             persons: Sequence[Mapping[str, Any]], dataset: KeypointSchema | str,
+                             count: int) -> List[str]:
     """Person crops with the model's attention map blended over them (models with attention heads).
 
     The crops are the same first ``count`` eval records as :func:`write_overlays`;
@@ -208,6 +210,7 @@ def render_markdown(blessing: Mapping[str, Any], per_keypoint: Mapping[str, Mapp
                     overlays: Sequence[str], evaluation_dir: str, attention_overlays: Sequence[str] = ()) -> str:
     """The report text."""
     dataset = blessing["dataset"]
+    metric = blessing.get("metric") or ("oks" if dataset == "coco" else "pckh")
     lines = [f"# Evaluation report ({dataset})", "",
              f"Verdict: **{'BLESSED' if blessing['blessed'] else 'NOT_BLESSED'}**  ",
              f"Candidate: `{blessing['candidate']}`  ",
@@ -218,7 +221,10 @@ def render_markdown(blessing: Mapping[str, Any], per_keypoint: Mapping[str, Mapp
     baseline = blessing.get("baseline_metrics") or {}
     rows = [[name, value, baseline.get(name), (value - baseline[name]) if name in baseline else None,
              blessing.get("tfma_metrics", {}).get(name)] for name, value in blessing["metrics"].items()]
-    title = "COCO keypoint stats (pycocotools)" if dataset == "coco" else "MPII PCKh (%)"
+    title = {"oks": "COCO keypoint stats (pycocotools)" if dataset == "coco" else
+             "OKS keypoint stats (pycocotools, the dataset meta's sigmas and categories)",
+             "pck": "PCK@0.2 of the box's longer side, AUC (alpha 0..0.5), EPE (pixels)",
+             "pckh": "MPII PCKh (%)"}[metric]
     lines += [f"## {title}", "", markdown_table(["metric", "candidate", "baseline", "change", "TFMA"], rows), ""]
     if blessing.get("checks"):
         lines += ["## Thresholds", "", markdown_table(
@@ -227,12 +233,16 @@ def render_markdown(blessing: Mapping[str, Any], per_keypoint: Mapping[str, Mapp
              for c in blessing["checks"]]), ""]
     slices = {name: table for name, table in (blessing.get("slices") or {}).items() if name != "overall"}
     if slices:
-        key = "AP" if dataset == "coco" else "PCKh@0.5"
+        key = {"oks": "AP", "pck": "PCK@0.2", "pckh": "PCKh@0.5"}[metric]
         lines += ["## Slices (TFMA)", "", markdown_table(
             ["slice", key, "persons"],
             [[name, table.get("candidate", {}).get(key), int(table.get("candidate", {}).get("example_count", 0))]
              for name, table in sorted(slices.items())]), ""]
-    if dataset == "coco":
+    if metric == "pck":
+        lines += ["## Per joint", "", markdown_table(
+            ["joint", "PCK@0.2", "EPE (px)", "labelled"],
+            [[name, v["PCK@0.2"], v["EPE"], v["count"]] for name, v in per_keypoint.items()]), ""]
+    elif metric == "oks":
         lines += ["## Per keypoint (detections matched at OKS 0.5)", "", markdown_table(
             ["joint", "mean OKS term", "share >= 0.5", "labelled"],
             [[name, v["similarity"], v["accuracy"], v["count"]] for name, v in per_keypoint.items()]), ""]
@@ -257,11 +267,12 @@ def write_report(evaluation_dir: str, blessing: Mapping[str, Any], per_keypoint:
     """Writes ``report.md`` and the overlays; returns ``{"markdown": path, "overlays": [paths],
     "attention_overlays": [paths]}`` (the latter for candidates with attention heads, from
     ``blessing["candidate"]``'s SavedModel)."""
-    overlays = write_overlays(evaluation_dir, pattern, persons, config["dataset"], num_overlays)
+    schema = schema_for(config)
+    overlays = write_overlays(evaluation_dir, pattern, persons, schema, num_overlays)
     attention_overlays = []
     if blessing.get("candidate"):
         attention_overlays = write_attention_overlays(evaluation_dir, blessing["candidate"], pattern, persons,
-                                                      config["dataset"], num_overlays)
+                                                      schema, num_overlays)
     path = os.path.join(evaluation_dir, "report.md")
     with tf.io.gfile.GFile(path, "w") as handle:
         handle.write(render_markdown(blessing, per_keypoint, overlays, evaluation_dir, attention_overlays))

@@ -92,6 +92,8 @@ def example_gen_config(config: Dict[str, Any]) -> Dict[str, Any]:
     keys = EXAMPLE_GEN_CONFIG_KEYS
     if config.get("approach", "top_down") == "bottom_up":
         keys = keys + BOTTOM_UP_EXAMPLE_GEN_CONFIG_KEYS
+    if config.get("dataset_meta") is not None:   # only when set: COCO/MPII cache keys stay as they were
+        keys = keys + ("dataset_meta",)
     return {key: config[key] for key in keys if key in config}
 
 

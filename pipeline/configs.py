@@ -53,6 +53,14 @@ BOTTOM_UP_COCO_THRESHOLDS = {
 MPII_THRESHOLDS = {
     "PCKh@0.5": {"lower_bound": 0.88, "max_drop": 0.005},
 }
+# Any other dataset meta (--dataset-meta) without eval.thresholds of its own: a bar by its metric
+# (OKS AP with the meta's sigmas, or PCK@0.2 of the box's longer side; EPE is gated with upper_bound).
+META_OKS_THRESHOLDS = {
+    "AP": {"lower_bound": 0.5, "max_drop": 0.01},
+}
+PCK_THRESHOLDS = {
+    "PCK@0.2": {"lower_bound": 0.8, "max_drop": 0.01},
+}
 
 # Exit codes of python pipeline.py.
 EXIT_BLESSED = 0

@@ -5,6 +5,15 @@ Usage::
     python -m pipeline.gate --candidate runs/123/model --eval-data runs/123/examples \
         --config configs/coco/res50_256x192.yaml [--baseline <model>|auto --push-destination <dir>] \
         [--gt-annotations person_keypoints_val2017.json] [--output-dir <blessing dir>]
+    python -m pipeline.gate --candidate <model> --eval-data <examples> --config my.yaml \
+        --dataset-meta my_meta.yaml --gt-annotations val.json      # any keypoint set
+
+``--dataset-meta <file>`` (or ``--dataset <bundled name>``: coco, mpii, crowdpose,
+ap10k, onehand10k) sets the config's keypoint layout (:mod:`schemas.dataset_meta`);
+the gate then uses the meta's metric: OKS AP/AR with its sigmas and categories
+(``metric: oks``), or ``PCK@0.2`` / ``AUC`` / ``EPE`` (``metric: pck``, lower EPE is
+better: gate it with ``upper_bound``; needs ``--gt-annotations``, the boxes normalise PCK).
+A candidate whose export carries another meta is refused (exit 2).
 
 ``--baseline auto`` resolves the latest blessed, completely pushed model at
 ``--push-destination``: our Pusher's committed versions or TFX's standard
@@ -27,8 +36,11 @@ from typing import List
 
 from toolkit import cli
 from schemas import jsonio
+from schemas.dataset_meta import BUNDLED
 
 EXIT_BLESSED, EXIT_NOT_BLESSED, EXIT_ERROR = 0, 1, 2
+
+
 
 
 def verdict_table(blessing: dict) -> str:
@@ -62,16 +74,22 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--gt-annotations", default=None, help="COCO json or MPII gt_valid.mat")
     parser.add_argument("--output-dir", default=None, help="blessing dir (default: a temporary dir)")
     parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
+    parser.add_argument("--dataset", default=None, choices=sorted(BUNDLED),
+                        help="bundled dataset meta (overrides the config's dataset)")
+    parser.add_argument("--dataset-meta", default=None,
+                        help="dataset meta file (YAML/JSON) of the eval data (overrides the config's dataset_meta)")
     args, beam_args = parser.parse_args_and_beam_flags(argv)  # exit 2 on a flag that is neither
     logging.basicConfig(level=logging.WARNING)
     try:
-        from pose.config import load_config, require_value_threshold
+        from pose.config import load_config, meta_overrides, require_value_threshold
 
-        config = load_config(args.config, small_run=args.small_run)  # before the heavy imports: fail fast
+        config = load_config(args.config, small_run=args.small_run,  # before the heavy imports: fail fast
+                             overrides=meta_overrides(args.dataset, args.dataset_meta))
         require_value_threshold(config["eval"]["thresholds"], args.config)
         from components import evaluator, tfma_metrics
+        from schemas.dataset_meta import schema_for
 
-        tfma_metrics.validate_thresholds(config["eval"]["thresholds"], config["dataset"])
+        tfma_metrics.validate_thresholds(config["eval"]["thresholds"], schema_for(config))
         baseline = args.baseline
         if baseline == "auto":
             if not args.push_destination:

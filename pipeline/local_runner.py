@@ -7,6 +7,9 @@ Entry point of ``python pipeline.py`` (see ``docs/pipeline.md``)::
         [--det-file data/coco/person_detection_results/COCO_val2017_detections_AP_H_56_person.json] \\
         --config configs/coco/w32_256x192.yaml
     python pipeline.py --runner=DirectRunner --data mpii --mpii-root data/mpii --config configs/mpii/...
+    python pipeline.py --runner=DirectRunner --dataset-meta my_meta.yaml --coco-root data/hands \
+        --train-annotations train.json --val-annotations val.json --train-images images --val-images images \
+        --config my_experiment.yaml --threshold PCK@0.2=0.8       # any keypoint set (COCO-format files)
     python pipeline.py --compile pipeline.yaml [--image REGISTRY/darkpose-tf-python:TAG]
 
 Every other flag must be a Beam pipeline option that Beam's own option parser
@@ -51,6 +54,15 @@ from toolkit import cli
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+COCO_FILES = {
+    "train_annotations": os.path.join("annotations", "person_keypoints_train2017.json"),
+    "train_images": os.path.join("images", "train2017"),
+    "eval_annotations": os.path.join("annotations", "person_keypoints_val2017.json"),
+    "eval_images": os.path.join("images", "val2017"),
+}
+"""Where ``--data coco`` finds its files under ``--coco-root`` (the DarkPose layout) unless the flags say otherwise."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(
         prog="pipeline.py",
@@ -64,10 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--approach", choices=("top_down", "bottom_up"), default=None,
                         help="top_down (person boxes, the default) or bottom_up (box-free, whole images; "
                              f"default config {configs.BOTTOM_UP_DEMO_CONFIG}); must agree with --config")
-    parser.add_argument("--data", choices=("synthetic", "coco", "mpii"), default="synthetic",
-                        help="dataset: the embedded synthetic set (default) or a real one laid out the DarkPose way")
+    parser.add_argument("--data", choices=("synthetic", "coco", "mpii"), default=None,
+                        help="dataset: the embedded synthetic set (default; coco with --dataset-meta) or a real "
+                             "one laid out the DarkPose way")
+    parser.add_argument("--dataset-meta", default=None,
+                        help="dataset meta file (YAML/JSON) of COCO-format annotation files: any keypoint set "
+                             "(docs/custom_keypoints.md); sets the config's dataset_meta and implies --data coco")
     parser.add_argument("--coco-root", help="COCO root: annotations/person_keypoints_{train,val}2017.json, "
-                                            "images/{train,val}2017/")
+                                            "images/{train,val}2017/ (or the files named by the four flags below)")
+    for split, default_file, default_images in (("train", COCO_FILES["train_annotations"], COCO_FILES["train_images"]),
+                                                ("val", COCO_FILES["eval_annotations"], COCO_FILES["eval_images"])):
+        parser.add_argument(f"--{split}-annotations", default=None,
+                            help=f"--data coco: the {split} annotation file, relative to --coco-root "
+                                 f"(default {default_file})")
+        parser.add_argument(f"--{split}-images", default=None,
+                            help=f"--data coco: the {split} image folder, relative to --coco-root "
+                                 f"(default {default_images})")
     parser.add_argument("--mpii-root", help="MPII root: annot/{train,valid}.json, annot/gt_valid.mat, images/")
     parser.add_argument("--det-file", default="",
                         help="person detection results (COCO results json) for the eval split; "
@@ -152,31 +176,58 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
             ``eval.thresholds`` named; :func:`pose.config.require_value_threshold`).
     """
     from pose.config import load_config, require_value_threshold
+    from schemas import dataset_meta
 
+    if args.config is None:
+        resolve_data_flag(args)
     path = args.config or default_config_path(args.data, args.approach or "top_down")
-    config = load_config(path, small_run=args.small_run)
+    meta_path = getattr(args, "dataset_meta", None)
+    config = load_config(path, small_run=args.small_run, overrides={"dataset_meta": meta_path} if meta_path else None)
+    if args.data is None:   # a config naming a dataset meta reads COCO-format files
+        args.data = "coco" if config.get("dataset_meta") is not None else "synthetic"
     if args.approach and config.get("approach", "top_down") != args.approach:
         raise ValueError(f"--approach {args.approach} but --config {path} has approach "
                          f"{config.get('approach', 'top_down')!r}")
-    expected = "mpii" if args.data == "mpii" else "coco"
-    if config["dataset"] != expected:
-        raise ValueError(f"--config {path} is for dataset {config['dataset']!r} but --data {args.data} "
-                         f"needs a {expected!r} config")
+    if config.get("dataset_meta") is not None:
+        if args.data != "coco":
+            raise ValueError(f"a dataset meta ({meta_path or path}) is for COCO-format annotation files: "
+                             f"use --data coco --coco-root <dir>, not --data {args.data}")
+        if config.get("approach", "top_down") != "top_down":
+            raise ValueError("a dataset meta other than COCO's needs approach top_down (bottom-up knows COCO only)")
+        # The layout travels inline (to_meta) in every component's config: same hash, no file to find later.
+        config["dataset_meta"] = dataset_meta.schema_for(config).to_meta()
+    else:
+        expected = "mpii" if args.data == "mpii" else "coco"
+        if config["dataset"] != expected:
+            raise ValueError(f"--config {path} is for dataset {config['dataset']!r} but --data {args.data} "
+                             f"needs a {expected!r} config")
+    schema = dataset_meta.schema_for(config)
     thresholds = {name: dict(gate) for name, gate in (config["eval"]["thresholds"] or {}).items()}
+    if not thresholds and schema.name not in ("coco", "mpii"):
+        thresholds = {name: dict(gate) for name, gate in (
+            configs.PCK_THRESHOLDS if schema.metric == "pck" else configs.META_OKS_THRESHOLDS).items()}
     if not thresholds:
         defaults = ({"synthetic": configs.BOTTOM_UP_DEMO_THRESHOLDS, "coco": configs.BOTTOM_UP_COCO_THRESHOLDS}
                     if config.get("approach") == "bottom_up" else
                     {"synthetic": configs.DEMO_THRESHOLDS, "coco": configs.COCO_THRESHOLDS,
                      "mpii": configs.MPII_THRESHOLDS})[args.data]
         thresholds = {name: dict(gate) for name, gate in defaults.items()}
-    for name, bound in _parse_gate(args.threshold, "--threshold").items():
-        thresholds.setdefault(name, {})["lower_bound"] = bound
+    from components.metrics_pck import LOWER_IS_BETTER
+
+    for name, bound in _parse_gate(args.threshold, "--threshold").items():   # EPE (lower is better): an upper bound
+        thresholds.setdefault(name, {})["upper_bound" if name in LOWER_IS_BETTER else "lower_bound"] = bound
     for name, drop in _parse_gate(args.max_drop, "--max-drop").items():
         thresholds.setdefault(name, {})["max_drop"] = drop
     flags = " with --threshold / --max-drop" if args.threshold or args.max_drop else ""
     require_value_threshold(thresholds, f"{path}{flags}")   # a gate of max_drop alone never blesses
     config["eval"]["thresholds"] = thresholds
     return config
+
+
+def resolve_data_flag(args: argparse.Namespace) -> None:
+    """``--data`` left out: ``coco`` with ``--dataset-meta`` (COCO-format files), else ``synthetic``."""
+    if getattr(args, "data", None) is None:
+        args.data = "coco" if getattr(args, "dataset_meta", None) else "synthetic"
 
 
 def resolve_data(args: argparse.Namespace) -> Tuple[Dict[str, str], Dict[str, Any]]:
@@ -189,6 +240,7 @@ def resolve_data(args: argparse.Namespace) -> Tuple[Dict[str, str], Dict[str, An
     Raises:
         ValueError: a missing root flag. FileNotFoundError: a missing file or folder (named).
     """
+    resolve_data_flag(args)
     if args.data == "synthetic":
         from pipeline import synthetic
 
@@ -216,15 +268,17 @@ def resolve_data(args: argparse.Namespace) -> Tuple[Dict[str, str], Dict[str, An
         if not args.coco_root:
             raise ValueError("--data coco needs --coco-root <dir>")
         root = _root(args.coco_root)
-        inputs = {
-            "train_annotations": os.path.join(root, "annotations", "person_keypoints_train2017.json"),
-            "train_images": os.path.join(root, "images", "train2017"),
-            "eval_annotations": os.path.join(root, "annotations", "person_keypoints_val2017.json"),
-            "eval_images": os.path.join(root, "images", "val2017"),
-            "det_file": _root(args.det_file) if args.det_file else "",
-        }
+        chosen = {"train_annotations": getattr(args, "train_annotations", None),
+                  "train_images": getattr(args, "train_images", None),
+                  "eval_annotations": getattr(args, "val_annotations", None),
+                  "eval_images": getattr(args, "val_images", None)}
+        inputs = {name: os.path.join(root, chosen[name] or default) for name, default in COCO_FILES.items()}
+        inputs["det_file"] = _root(args.det_file) if args.det_file else ""
         inputs["gt_annotations"] = inputs["eval_annotations"]
     else:
+        if any(getattr(args, flag, None) for flag in ("train_annotations", "val_annotations", "train_images",
+                                                      "val_images")):
+            raise ValueError("--train/val-annotations and --train/val-images are for --data coco")
         if not args.mpii_root:
             raise ValueError("--data mpii needs --mpii-root <dir>")
         root = _root(args.mpii_root)

@@ -95,6 +95,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Seque
 import numpy as np
 
 from pipeline import predict_bottom_up
+from schemas.dataset_meta import BUNDLED
 from toolkit import cli
 
 RESULTS_FILE = "keypoint_results.json"
@@ -198,13 +199,15 @@ class ServingModel:
                 serving.OUTPUT_BOX_STATUS: outputs[serving.OUTPUT_BOX_STATUS].numpy()}
 
 
-def load_model(saved_model_dir: str, dataset: str | None = None) -> ServingModel:
+def load_model(saved_model_dir: str, dataset: Any = None) -> ServingModel:
     """Loads a SavedModel (TF2 loader) and reads K and the input size from its signatures.
 
     An export carries its dataset meta (``assets.extra/dataset_meta.json``,
     :func:`schemas.dataset_meta.read_serving_meta`): its names and skeleton are drawn.
     An older export without one is matched by its joint count (COCO 17, MPII 16).
-    ``dataset`` (from ``--config``) must agree with it.
+    ``dataset`` (a :class:`~schemas.dataset_meta.KeypointSchema` from ``--config`` /
+    ``--dataset-meta``, or a bundled name) must agree with it; for an export without a
+    meta it names the layout to draw.
 
     A bottom-up model (``predict_image`` without ``boxes``) gives a
     :class:`pipeline.predict_bottom_up.BottomUpModel` (``box_free``).
@@ -245,19 +248,24 @@ def _schema_for(saved_model_dir: str, num_joints: int, dataset: str | None):
         ValueError: the carried meta or ``dataset`` has another joint count, or no single schema has K joints.
     """
     from schemas import dataset_meta
-    from schemas.keypoints import COCO, MPII, get_schema
+    from schemas.keypoints import COCO, MPII
 
     carried = dataset_meta.read_serving_meta(saved_model_dir)  # the export's own meta (skeleton, names)
-    if carried is not None and dataset in (None, carried.name):
+    expected = dataset_meta.as_schema(dataset) if dataset is not None else None
+    if carried is not None and expected is not None and expected.hash != carried.hash:
+        raise ValueError(f"{saved_model_dir}: the model carries the dataset meta {carried.name!r} "
+                         f"({carried.num_joints} joints) but --config / --dataset-meta give {expected.name!r} "
+                         f"({expected.num_joints} joints); leave them out to use the model's own")
+    if carried is not None:
         schema = carried
         if schema.num_joints != num_joints:
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but its dataset meta "
                              f"{schema.name!r} has {schema.num_joints}")
-    elif dataset is not None:
-        schema = get_schema(dataset)
+    elif expected is not None:
+        schema = expected
         if schema.num_joints != num_joints:
             raise ValueError(f"{saved_model_dir}: the model predicts {num_joints} joints but the config's "
-                             f"dataset {dataset!r} has {schema.num_joints}")
+                             f"dataset {schema.name!r} has {schema.num_joints}")
     else:
         matching = [schema for schema in (COCO, MPII) if schema.num_joints == num_joints]  # exports without a meta
         if len(matching) != 1:
@@ -820,7 +828,9 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
                 "beta": smoothing.DEFAULT_BETA if smooth_beta is None else float(smooth_beta)}
     smoothing.TrackSmoother(DEFAULT_FPS, tracking["min_cutoff"], tracking["beta"])   # checks the parameters
     saved_model_dir, found_as = resolve_model(model_path)
-    model = load_model(saved_model_dir, config["dataset"] if config else None)
+    from schemas import dataset_meta
+
+    model = load_model(saved_model_dir, dataset_meta.schema_for(config) if config else None)
     if model.box_free and (det_file or detector):
         raise ValueError(f"--model {model_path}: a bottom-up (box-free) model finds the people itself; "
                          f"{'--det-file' if det_file else '--detector'} gives boxes to top-down models only")
@@ -830,7 +840,11 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
         detector_model = load_detector(detector, detector_person_class, detector_score_threshold)
     else:
         detector_model = None
-    config = config if config is not None else build_config({"dataset": model.schema.name}, name="predict")
+    if config is None:   # the model's own layout: a bundled name, or its carried meta inline
+        bundled = model.schema.name in dataset_meta.BUNDLED and \
+            dataset_meta.bundled(model.schema.name).hash == model.schema.hash
+        config = build_config({"dataset": model.schema.name} if bundled else {"dataset_meta": model.schema.to_meta()},
+                              name="predict")
     threshold = float(config["data"]["det_score_threshold"] if det_score_threshold is None else det_score_threshold)
     draw_threshold = draw.DEFAULT_THRESHOLD if draw_threshold is None else float(draw_threshold)
     max_pixels = int(config["data"]["max_image_pixels"])
@@ -950,13 +964,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="One-Euro cutoff of a still joint, Hz (default 1.0)")
     parser.add_argument("--smooth-beta", type=float, default=None,
                         help="One-Euro speed coefficient, 1/pixel (default 0.05)")
+    parser.add_argument("--dataset", default=None, choices=sorted(BUNDLED),
+                        help="bundled dataset meta (default: the meta the export carries)")
+    parser.add_argument("--dataset-meta", default=None,
+                        help="dataset meta file (YAML/JSON): joint names and skeleton for an export that carries "
+                             "none; must agree with one that does")
     args = parser.parse_args(argv)
     try:
-        config = None
-        if args.config:
-            from pose.config import load_config
+        from pose.config import build_config, load_config, meta_overrides
 
-            config = load_config(args.config)
+        config = None
+        overrides = meta_overrides(args.dataset, args.dataset_meta)
+        if args.config:
+            config = load_config(args.config, overrides=overrides)
+        elif overrides:
+            config = build_config(dict(overrides), name="predict")
         summary = predict(args.model, args.images, args.out, args.det_file, args.det_score_threshold, config,
                           args.draw_threshold, args.detector, args.detector_person_class,
                           args.detector_score_threshold, args.smooth, args.smooth_min_cutoff, args.smooth_beta)

@@ -5,6 +5,7 @@ Usage::
     python -m pipeline.score --coco-gt person_keypoints_val2017.json --results results.json
     python -m pipeline.score --coco-gt ann.json --results results.json --dataset-meta meta.yaml
     python -m pipeline.score --coco-gt ann.json --results results.json --dataset ap10k|crowdpose|onehand10k
+    python -m pipeline.score --coco-gt ann.json --results results.json --model <pushed model or destination>
     python -m pipeline.score --mpii-gt gt_valid.mat --preds pred.mat [--preds-index-base 1|0]
 
 COCO results are scored as given (no rescoring or NMS: that is the Evaluator's
@@ -33,6 +34,12 @@ meta's ``kpt_oks_sigmas`` over the meta's categories (``params.catIds``); metric
 in pixels (:mod:`components.metrics_pck`). Without either flag the file must be
 COCO's person layout: a category whose keypoint names are not COCO's is refused,
 so OKS AP with COCO's sigmas on another layout cannot be computed.
+
+``--model <dir>`` (a Trainer model dir, a SavedModel, a pushed version or a push
+destination, as ``pipeline.predict --model``) takes the layout from the meta the
+export carries (``assets.extra/dataset_meta.json``): no other flag is needed for a
+model that made the results. An export without a meta (made before dataset metas)
+needs ``--dataset-meta``/``--dataset``; a meta flag that disagrees with the model's is refused.
 
 Prints a table, then, as the last line, one JSON object with the stats:
 ``{"AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L"}``,
@@ -175,6 +182,33 @@ def score_mpii(gt_path: str, preds_path: str | None,
     return output
 
 
+def model_schema(model: str, given: KeypointSchema | None = None) -> KeypointSchema | None:
+    """The dataset meta a model carries (``None`` for COCO's own, scored exactly as without a meta).
+
+    Args:
+        model: a model dir, SavedModel, pushed version or push destination
+            (:func:`pipeline.predict.resolve_model`).
+        given: the layout of ``--dataset-meta`` / ``--dataset``, if any: must equal the carried one.
+
+    Raises:
+        ValueError: the export carries no meta and none is given, or the two disagree.
+        FileNotFoundError: no model at ``model``.
+    """
+    from pipeline.predict import resolve_model
+
+    saved_model_dir, _ = resolve_model(model)
+    carried = dataset_meta.read_serving_meta(saved_model_dir)
+    if carried is None:
+        if given is None:
+            raise ValueError(f"--model {model}: the export carries no dataset meta ({saved_model_dir}/"
+                             f"{dataset_meta.SERVING_META_FILE}; made before dataset metas): give --dataset-meta")
+        return given
+    if given is not None and given.hash != carried.hash:
+        raise ValueError(f"--model {model} carries the dataset meta {carried.name!r} ({carried.num_joints} joints) "
+                         f"but --dataset-meta/--dataset give {given.name!r} ({given.num_joints} joints)")
+    return None if carried.hash == dataset_meta.bundled("coco").hash else carried
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m pipeline.score",
                                 description="Score keypoint predictions (COCO AP or MPII PCKh).")
@@ -189,6 +223,8 @@ def main(argv: List[str] | None = None) -> int:
                         help="bundled dataset meta of the --coco-gt file (default: COCO person keypoints)")
     parser.add_argument("--dataset-meta", help="dataset meta file (YAML/JSON) of the --coco-gt file: OKS AP with "
                                                "its sigmas and categories, or PCK/AUC/EPE (metric pck)")
+    parser.add_argument("--model", help="exported / pushed model (or push destination) whose carried dataset meta "
+                                        "describes the --coco-gt file (instead of --dataset-meta)")
     args = parser.parse_args(argv)
     files = " and ".join(path for path in (args.coco_gt or args.mpii_gt, args.results or args.preds) if path)
     try:
@@ -200,6 +236,8 @@ def main(argv: List[str] | None = None) -> int:
             schema = None
             if args.dataset_meta or (args.dataset and args.dataset != "coco"):
                 schema = dataset_meta.resolve(args.dataset, args.dataset_meta)
+            if args.model:
+                schema = model_schema(args.model, schema if (args.dataset_meta or args.dataset) else None)
             if schema is not None and schema.metric == "pck":
                 stats = score_pck(args.coco_gt, args.results, schema)
             elif schema is not None and schema.metric == "pckh":

@@ -449,6 +449,24 @@ def build_config(overrides: Mapping[str, Any] | None = None, small_run: bool = F
     return config
 
 
+def meta_overrides(dataset: str | None, meta_path: str | None) -> Dict[str, Any] | None:
+    """Config overrides of ``--dataset`` / ``--dataset-meta`` (``None`` when neither is given).
+
+    ``--dataset-meta`` wins over the config's ``dataset_meta``; ``--dataset`` names a bundled
+    meta and clears the config's ``dataset_meta``. Both at once are refused.
+
+    Raises:
+        ValueError: both flags given.
+    """
+    if dataset and meta_path:
+        raise ValueError("give --dataset (a bundled meta) or --dataset-meta (a meta file), not both")
+    if meta_path:
+        return {"dataset_meta": meta_path}
+    if dataset:
+        return {"dataset": dataset, "dataset_meta": None}
+    return None
+
+
 def load_config(path: str, small_run: bool = False, overrides: Mapping[str, Any] | None = None) -> Dict[str, Any]:
     """Loads ``path`` (YAML), merges it over the defaults and validates it.
 

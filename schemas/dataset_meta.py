@@ -169,7 +169,9 @@ class KeypointSchema:
     @property
     def hash(self) -> str:
         """sha256 (hex) of the canonical meta (sorted-key JSON of :meth:`to_meta`): equal layouts, equal hash."""
-        text = json.dumps(self.to_meta(), sort_keys=True, separators=(",", ":"))
+        from schemas import jsonio
+
+        text = jsonio.dumps(self.to_meta(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -396,6 +398,17 @@ def schema_for(config: Mapping[str, Any]) -> KeypointSchema:
 @functools.lru_cache(maxsize=32)
 def _load_cached(path: str) -> KeypointSchema:
     return load_meta(path)
+
+
+def as_schema(value: "KeypointSchema | str") -> KeypointSchema:
+    """``value`` itself when it is a :class:`KeypointSchema`, else the bundled meta of that name.
+
+    Lets stage functions take either a schema (any meta) or a bundled name (``"coco"``, ``"mpii"``).
+
+    Raises:
+        ValueError: an unknown bundled name.
+    """
+    return value if isinstance(value, KeypointSchema) else bundled(str(value))
 
 
 def resolve(dataset: str | None = None, meta_path: str | None = None) -> KeypointSchema:

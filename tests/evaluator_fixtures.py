@@ -29,11 +29,12 @@ HEATMAP_SIZE = (16, 12)
 
 
 def write_coco_eval_records(gt_json: str, image_dir: str, out_dir: str, limit: int | None = None,
-                            extra_records: List[bytes] | None = None) -> Dict[str, Any]:
+                            extra_records: List[bytes] | None = None, dataset: str = "coco") -> Dict[str, Any]:
     """Writes ``<out_dir>/Split-eval/data_tfrecord-00000-of-00001.gz`` from real COCO annotations.
 
     Every non-crowd annotation with ``num_keypoints > 0`` becomes one GT-box record.
-    ``extra_records`` (already serialized, possibly broken) are appended.
+    ``extra_records`` (already serialized, possibly broken) are appended. ``dataset``: the
+    records' ``dataset`` (a meta's ``dataset_name``; K comes from the annotations).
 
     Returns:
         ``{"count": records written, "annotation_ids": [...]}``.
@@ -47,7 +48,10 @@ def write_coco_eval_records(gt_json: str, image_dir: str, out_dir: str, limit: i
     aspect = INPUT_SIZE[1] / INPUT_SIZE[0]
     split = os.path.join(out_dir, "Split-eval")
     os.makedirs(split, exist_ok=True)
-    annotations = [a for a in gt["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0)]
+    def labelled(annotation):  # num_keypoints, or counted from the keypoints (OneHand10K has no num_keypoints)
+        return annotation.get("num_keypoints", sum(1 for v in annotation.get("keypoints", [])[2::3] if v > 0))
+
+    annotations = [a for a in gt["annotations"] if labelled(a) > 0 and not a.get("iscrowd", 0)]
     annotations = annotations[:limit] if limit else annotations
     cache: Dict[int, np.ndarray] = {}
     ids = []
@@ -68,7 +72,7 @@ def write_coco_eval_records(gt_json: str, image_dir: str, out_dir: str, limit: i
             heatmaps, weights = codec.encode(crop_points, visibility)
             encoded = tf.io.encode_jpeg(crop.astype(np.uint8), quality=95).numpy()
             record = {
-                "dataset": "coco", "image/encoded": encoded, "image/format": "jpeg",
+                "dataset": dataset, "image/encoded": encoded, "image/format": "jpeg",
                 "image/id": info["id"], "image/height": info["height"], "image/width": info["width"],
                 "annotation/id": annotation["id"], "crop/height": INPUT_SIZE[0], "crop/width": INPUT_SIZE[1],
                 "bbox/center": center, "bbox/scale": scale, "bbox/score": 1.0,

@@ -353,3 +353,46 @@ def test_bottom_up_pipeline_on_the_embedded_data(tmp_path):
     code, output = run_pipeline((runs, str(scratch)), "--approach", "top_down", "--config",
                                 os.path.join(ROOT, "configs", "bottom_up", "demo_res18_129.yaml"))
     assert code == 2 and "has approach 'bottom_up'" in output
+
+
+TINY_META_CONFIG = """\
+model: {name: simplebaseline, depth: 18, backbone_stages: 3, deconv_filters: [64, 64]}
+data: {input_size: [64, 48], heatmap_stride: 4}
+train: {batch_size: 2, epochs: 1, max_steps: 1}
+eval: {batch_size: 2, report_overlays: 1}
+"""
+
+
+def test_any_keypoint_set_with_dataset_meta(shared_data, tmp_path):
+    """--dataset-meta on the real OneHand10K samples (21 joints, no flip pairs, no sigmas): the pipeline
+    ingests, trains, evaluates PCK@0.2 / AUC / EPE, gates on PCK@0.2 and pushes a model carrying its meta."""
+    samples = os.path.join(shared_data, "onehand10k_mmpose4")
+    config = tmp_path / "tiny_hand.yaml"
+    config.write_text(TINY_META_CONFIG)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    runs = str(tmp_path / "runs")
+    code, output = run_pipeline((runs, str(scratch)), "--dataset-meta", os.path.join(samples, "dataset_meta.json"),
+                                "--coco-root", samples, "--train-annotations", "test_onehand10k.json",
+                                "--val-annotations", "test_onehand10k.json", "--train-images", "images",
+                                "--val-images", "images", "--config", str(config), "--max-steps", "1",
+                                "--run-id", "hand", "--threshold", "PCK@0.2=0", "--threshold", "EPE=100000")
+    assert code == 0, output[-4000:]
+    index = read_index(runs, "hand")
+    assert index["verdict"] == "BLESSED" and index["pushed"] is True
+    assert {"PCK@0.2", "AUC", "EPE"} <= set(index["metrics"]) and "AP" not in index["metrics"]
+    nodes = mlmd_record(runs)["nodes"]
+    examples = nodes["PoseExampleGen"]["outputs"]["examples"][0]
+    assert (examples["properties"]["num_records_train"], examples["properties"]["num_records_eval"]) == (4, 4)
+    with open(os.path.join(examples["uri"], "manifest.json")) as handle:
+        assert json.load(handle)["dataset"] == "onehand10k"
+    with open(os.path.join(index["pushed_path"], "assets.extra", "dataset_meta.json")) as handle:
+        carried = json.load(handle)
+    assert carried["dataset_name"] == "onehand10k" and len(carried["joint_names"]) == 21
+    assert carried["flip_pairs"] == [] and carried["metric"] == "pck"
+    # The gate was the meta's metric: EPE (lower is better) as an upper bound.
+    blessing_uri = nodes["PoseEvaluator"]["outputs"]["blessing"][0]["uri"]
+    with open(os.path.join(blessing_uri, "blessing.json")) as handle:
+        blessing_record = json.load(handle)
+    assert blessing_record["thresholds"]["EPE"] == {"upper_bound": 100000.0}
+    assert blessing_record["metric"] == "pck"
