@@ -126,6 +126,8 @@ DEFAULTS: Dict[str, Any] = {
         "slice_by_person_size": True,  # TFMA slices person_size=medium/large (COCO)
         "restrict_to_eval_images": False,  # COCO: score only images present in Split-eval
         "report_overlays": 6,          # PNG skeleton overlays in the evaluation report
+        "deploy_artifacts": [],        # deployment formats the Evaluator scores and gates (components/deploy_eval.py)
+        "deploy_max_delta": {},        # format -> max |primary metric - SavedModel's| (defaults in deploy_eval)
     },
     "export": {
         "precision": "float32",       # float32 | bfloat16 (network compute dtype; decoding stays float32)
@@ -183,7 +185,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str =
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
         key_path = f"{path}{key}"
-        if key not in merged and path not in ("model.", "eval.thresholds.", "small_run.") and key_path not in (
+        if key not in merged and path not in ("model.", "eval.thresholds.", "eval.deploy_max_delta.", "small_run.") and key_path not in (
                 "model", "small_run"):
             raise ValueError(f"unknown config key {key_path!r}")
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
@@ -305,6 +307,15 @@ def _validate(config: Dict[str, Any]) -> None:
     if not isinstance(formats, list) or any(name not in DEPLOY_FORMATS for name in formats) \
             or len(set(formats)) != len(formats):
         raise ValueError(f"export.formats must be a list of distinct formats from {DEPLOY_FORMATS}, got {formats!r}")
+    artifacts = config["eval"]["deploy_artifacts"]
+    if not isinstance(artifacts, list) or any(name not in DEPLOY_FORMATS for name in artifacts):
+        raise ValueError(f"eval.deploy_artifacts must be a list of formats from {DEPLOY_FORMATS}, got {artifacts!r}")
+    deltas = config["eval"]["deploy_max_delta"]
+    if not isinstance(deltas, Mapping) or any(name not in DEPLOY_FORMATS or isinstance(value, bool)
+                                              or not isinstance(value, (int, float)) or not value >= 0
+                                              for name, value in deltas.items()):
+        raise ValueError(f"eval.deploy_max_delta must map formats from {DEPLOY_FORMATS} to numbers >= 0, "
+                         f"got {deltas!r}")
     for key, low in (("onnx_opset", 13), ("calibration_crops", 1)):
         if isinstance(export[key], bool) or not isinstance(export[key], int) or export[key] < low:
             raise ValueError(f"export.{key} must be an integer >= {low}, got {export[key]!r}")

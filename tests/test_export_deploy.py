@@ -94,8 +94,11 @@ def deployed(tmp_path_factory, shared_data):
         subprocess.run([sys.executable, "-c", CHILD, json.dumps({"model": path, "crops": crops_path, "out": out})],
                        check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
         outputs[name] = dict(np.load(out))
+    eval_dir = str(directory / "eval_examples")
+    write_split(records, eval_dir, "eval", num_shards=1)
     return dict(config=config, codec=codec, model=model, crops=crops, reference=reference, written=written,
-                outputs=outputs)
+                outputs=outputs, records=records, directory=directory,
+                eval_pattern=os.path.join(eval_dir, "Split-eval", "*"))
 
 
 def _errors(deployed, name):
@@ -193,3 +196,59 @@ def test_trainer_export_cli_writes_deploy_artifacts(tmp_path):
         folder = tmp_path / "model" / serving.DEPLOY_DIR / name
         assert (folder / serving.DEPLOY_FORMAT_INFO[name][2]).stat().st_size > 0
         assert json.loads((folder / serving.DEPLOY_SPEC_FILE).read_text())["format"] == name
+
+
+def _pseudo_gt_persons(deployed):
+    """Joined persons whose ground truth is the SavedModel's own prediction (all joints visible).
+
+    The render model is not trained, so against COCO's labels every artifact scores AP ~ 0 and no gate
+    could tell them apart; against the SavedModel's keypoints the SavedModel scores AP 1 and each
+    artifact loses exactly what it changes.
+    """
+    reference, persons = deployed["reference"], []
+    for index, record in enumerate(deployed["records"]):
+        keypoints = reference[serving.OUTPUT_KEYPOINTS_IMAGE][index]
+        prediction = np.concatenate([keypoints, reference[serving.OUTPUT_SCORES][index][:, None]], axis=-1)
+        scale = record["bbox/scale"]
+        persons.append({
+            "image_id": record["image/id"], "annotation_id": record["annotation/id"],
+            "image_height": record["image/height"], "image_width": record["image/width"],
+            "gt_area": float(scale[0] * scale[1]) / 1.25 ** 2, "box_score": 1.0,
+            "window_area": float(scale[0] * scale[1]), "center": record["bbox/center"], "scale": scale,
+            "gt_keypoints": keypoints.reshape(-1).tolist(), "visibility": [2] * 17, "head_size": 0.0,
+            "prediction": prediction.reshape(-1).tolist()})
+    return persons
+
+
+def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path):
+    from components import deploy_eval, evaluator
+
+    config, codec = deployed["config"], deployed["codec"]
+    options = {"gt_annotations": None, "rescore_threshold": 0.2, "nms_threshold": 0.9, "soft_nms": False,
+               "restrict_to_eval_images": False}
+
+    def metrics_fn(persons):
+        return evaluator._direct_metrics("coco", persons, options)["metrics"]
+
+    persons = _pseudo_gt_persons(deployed)
+    reference = metrics_fn(persons)
+    assert reference["AP"] > 0.99
+    rows = deploy_eval.evaluate_artifacts(str(deployed["directory"] / serving.DEPLOY_DIR), list(serving.DEPLOY_FORMATS),
+                                          deployed["eval_pattern"], config, persons, reference, metrics_fn)
+    verdicts = {row["format"]: row for row in rows}
+    for name, row in verdicts.items():
+        print(f"{name}: AP {row['metrics'].get('AP'):.4f} delta {row['delta']:+.4f} {row['verdict']} "
+              f"{row['ms_per_crop']:.2f} ms/crop")
+    assert verdicts["tflite_fp32"]["verdict"] == verdicts["onnx"]["verdict"] == deploy_eval.BLESSED
+    assert set(verdicts["tflite_fp32"]["metrics"]) >= {"AP", "AP50", "AP75", "AR"}   # the full table
+    # int8 calibrated on one constant grey image: its input range is a single value, every crop saturates.
+    corrupt_dir = str(tmp_path / serving.DEPLOY_DIR)
+    export_deploy.export_deploy_artifacts(deployed["model"], config, codec, corrupt_dir, formats=["tflite_int8"],
+                                          calibration=np.full((1, 64, 48, 3), 128.0, np.float32),
+                                          log=lambda message: None)
+    row, = deploy_eval.evaluate_artifacts(corrupt_dir, ["tflite_int8"], deployed["eval_pattern"], config, persons,
+                                          reference, metrics_fn)
+    print(f"corrupted int8: AP {row['metrics'].get('AP'):.4f}, {row['verdict']}: {row['reasons']}")
+    assert row["verdict"] == deploy_eval.NOT_BLESSED
+    assert "AP" in row["reasons"][0] and "> 0.0100" in row["reasons"][0]
+    assert row["metrics"]["AP"] < verdicts["tflite_int8"]["metrics"]["AP"]
