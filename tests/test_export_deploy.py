@@ -252,3 +252,23 @@ def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path)
     assert row["verdict"] == deploy_eval.NOT_BLESSED
     assert "AP" in row["reasons"][0] and "> 0.0100" in row["reasons"][0]
     assert row["metrics"]["AP"] < verdicts["tflite_int8"]["metrics"]["AP"]
+
+    # Pusher: the blessed artifacts go beside the SavedModel in the same committed version, with a
+    # manifest; the refused int8 artifacts are named, not pushed, and do not block the SavedModel.
+    import hashlib
+
+    from components import pusher
+
+    extra, fields = pusher.deploy_files(rows + [row])
+    record = pusher.publish(str(deployed["directory"] / serving.SAVED_MODEL_DIR), str(tmp_path / "pushed"),
+                            {"run_id": "deploy-test", "blessed": True, **fields}, extra_files=extra)
+    version = tmp_path / "pushed" / str(record["version"])
+    assert (version / "saved_model.pb").exists() and (version / pusher.COMMIT_MARKER).exists()
+    manifest = json.loads((version / "deploy" / serving.DEPLOY_MANIFEST_FILE).read_text())
+    assert sorted(entry["format"] for entry in manifest["artifacts"]) == ["onnx", "tflite_fp16", "tflite_fp32"]
+    for entry in manifest["artifacts"]:
+        data = (version / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert entry["input"]["name"] == "images" and entry["metrics"]["AP"] > 0.99
+    assert [entry["format"] for entry in record["deploy_refused"]] == ["tflite_int8", "tflite_int8"]
+    assert not (version / "deploy" / "tflite_int8").exists()
