@@ -19,7 +19,7 @@ $(STAMP): setup.py requirements.lock tools/glibc_shim.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@sh tools/glibc_shim.sh $(PYTHON) $(VENV) $(SHIM)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test,torch]"
+	$(PY) -m pip install --quiet --prefer-binary -c requirements.lock -e ".[test,torch,deploy]"
 	touch $(STAMP)
 
 install: $(STAMP)

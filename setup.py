@@ -49,5 +49,12 @@ setup(
         # Reading PyTorch .pth checkpoints (trainer.import_weights, model.pretrained) and the import tests'
         # reference networks; nothing else imports torch.
         "torch>=2.13,<2.14",
+    ], "deploy": [
+        # Deployment artifacts (trainer/export_deploy.py) and their runtimes (components/deploy_runtime.py):
+        # the LiteRT interpreter, TF -> ONNX conversion, ONNX Runtime.
+        "ai-edge-litert>=2.3,<2.4",
+        "tf2onnx>=1.17,<1.18",
+        "onnx>=1.23,<1.24",
+        "onnxruntime>=1.32,<1.33",
     ]},
 )

@@ -24,6 +24,10 @@ export (``assets.extra/dataset_meta.json``) is refused before any inference.
 4. **Blessing**: ``BLESSED`` iff TFMA's validation passed, no record was
    skipped and TFMA agrees with the direct computation.
 5. **Report**: ``evaluation/report.md`` + PNG overlays.
+6. **Deployment artifacts** (``eval.deploy_artifacts``): each LiteRT / ONNX artifact beside the
+   SavedModel is run by its own runtime on the same records, gets the full metric table and a verdict
+   relative to the SavedModel's result (:mod:`components.deploy_eval`); ``blessing.json`` lists them
+   under ``deploy_artifacts``. They never change the SavedModel's verdict.
 
 Outputs in ``output_dir``: ``BLESSED``/``NOT_BLESSED``, ``blessing.json``,
 ``evaluation/{keypoint_results.json, metrics.json, report.md, overlays/,
@@ -668,6 +672,17 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         reasons.append(tfma_failure_reason(tfma_result) if not tfma_result["validation_ok"]
                        else f"data gate anomalies: {dict(data_anomalies or {})}")
 
+    deploy_rows = None
+    deploy_formats = list(eval_config_section.get("deploy_artifacts") or [])
+    if deploy_formats and approach == "top_down":
+        # Each deployment artifact, run by its own runtime on the same records, gated relative to the
+        # SavedModel's result above (components/deploy_eval.py); it never changes the SavedModel's verdict.
+        from components import deploy_eval
+
+        deploy_dir = os.path.join(os.path.dirname(candidate_path.rstrip("/")), serving.DEPLOY_DIR)
+        deploy_rows = deploy_eval.evaluate_artifacts(
+            deploy_dir, deploy_formats, pattern, config, persons[tfma_metrics.CANDIDATE], direct["metrics"],
+            lambda replaced: _direct_metrics(dataset, replaced, coco_options)["metrics"], log=logger.info)
     if direct["results"] is not None:
         with tf.io.gfile.GFile(os.path.join(evaluation_dir, "keypoint_results.json"), "w") as handle:
             handle.write(jsonio.dumps(direct["results"]))
@@ -694,6 +709,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         # GT persons whose OKS area came from their box (no annotation area; metrics_coco.oks_area)
         metrics_coco.AREA_FROM_BOX: int(direct["extra"].get(metrics_coco.AREA_FROM_BOX, 0)),
         "gt_annotations": gt_annotations,
+        "deploy_artifacts": deploy_rows,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     with tf.io.gfile.GFile(os.path.join(evaluation_dir, "metrics.json"), "w") as handle:

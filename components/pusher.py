@@ -211,7 +211,8 @@ def _publish_remote(staging: str, final: str, files: List[str], delay: float) ->
             time.sleep(delay)
 
 
-def publish(source: str, push_destination: str, fields: Mapping[str, Any], min_version: int = 1) -> Dict[str, Any]:
+def publish(source: str, push_destination: str, fields: Mapping[str, Any], min_version: int = 1,
+            extra_files: Mapping[str, str] | None = None) -> Dict[str, Any]:
     """Copies the SavedModel ``source`` to a new committed ``<push_destination>/<version>/`` (see module doc).
 
     The one owner of the push mechanics, used by :func:`run_pusher` (the CLI)
@@ -228,6 +229,9 @@ def publish(source: str, push_destination: str, fields: Mapping[str, Any], min_v
         min_version: the version is at least this (TFX's Pusher names versions by
             Unix time: pass ``int(time.time())`` for that naming) and greater than
             every version present.
+        extra_files: ``{relative path in the version: source file}`` copied into the same
+            staged version before its record and commit marker (the deployment artifacts,
+            :func:`deploy_files`).
 
     Returns:
         the push record (also in ``<version>/push_record.json``).
@@ -245,6 +249,10 @@ def publish(source: str, push_destination: str, fields: Mapping[str, Any], min_v
     staging = f"{destination}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         files = _copy_tree(source, staging, delay)  # the slow part, outside the version namespace
+        for relative, path in sorted((extra_files or {}).items()):
+            tf.io.gfile.makedirs(os.path.dirname(f"{staging}/{relative}"))
+            tf.io.gfile.copy(path, f"{staging}/{relative}", overwrite=True)
+            files.append(relative)
         version = max(int(min_version), _next_version(destination))
         final = f"{destination}/{version}"
         record = {**dict(fields), "version": version, "path": final, "source": source,
@@ -300,13 +308,72 @@ def run_pusher(model_dir: str, blessing_dir: str, push_destination: str, run_id:
     if not blessing["blessed"]:
         logger.warning("not pushing: model is NOT_BLESSED (%s)", "; ".join(blessing.get("reasons", [])) or "no reason")
         return None
+    extra, deploy = deploy_files(blessing.get("deploy_artifacts") or [])
     return publish(saved_model_path(model_dir), push_destination, {
         "run_id": run_id,
         "blessed": True,
         "blessing_dir": blessing_dir,
         "metrics": dict(metrics if metrics is not None else blessing.get("metrics", {})),
         "baseline": blessing.get("baseline"),
-    })
+        **deploy,
+    }, extra_files=extra)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def deploy_files(rows) -> tuple:
+    """The blessed deployment artifacts of an Evaluator's ``deploy_artifacts`` rows, to push beside the SavedModel.
+
+    Each ``BLESSED`` artifact goes to ``deploy/<format>/<file>`` (with its ``deploy.json``) in the version;
+    ``deploy/deploy_manifest.json`` lists them: format, runtime, precision, input and output specs (from
+    ``deploy.json``), metrics, delta and bound, size, ms/crop and sha256 of the file. A ``NOT_BLESSED``
+    artifact (or one whose file is gone) is not pushed and is named with its reasons in
+    ``deploy_refused``; it never blocks the SavedModel.
+
+    Returns:
+        ``({relative path: source file}, {"deploy_artifacts": [...], "deploy_refused": [...]})``
+        (the second is empty when there are no rows).
+    """
+    from schemas import serving
+
+    extra: Dict[str, str] = {}
+    pushed, refused = [], []
+    for row in rows:
+        path = row.get("path") or ""
+        if row.get("verdict") != "BLESSED" or not tf.io.gfile.exists(path):
+            refused.append({"format": row.get("format"), "reasons": row.get("reasons") or ["artifact file missing"]})
+            continue
+        folder = f"deploy/{row['format']}"
+        spec_path = f"{os.path.dirname(path)}/{serving.DEPLOY_SPEC_FILE}"
+        spec = json.loads(tf.io.gfile.GFile(spec_path).read()) if tf.io.gfile.exists(spec_path) else {}
+        extra[f"{folder}/{os.path.basename(path)}"] = path
+        if spec:
+            extra[f"{folder}/{serving.DEPLOY_SPEC_FILE}"] = spec_path
+        pushed.append({"format": row["format"], "runtime": row.get("runtime"), "precision": row.get("precision"),
+                       "file": f"{folder}/{os.path.basename(path)}", "sha256": _sha256(path),
+                       "size_bytes": row.get("size_bytes"), "ms_per_crop": row.get("ms_per_crop"),
+                       "input": spec.get("input"), "outputs": spec.get("outputs"), "decode": spec.get("decode"),
+                       "opset": spec.get("opset"), "metrics": row.get("metrics"), "delta": row.get("delta"),
+                       "max_delta": row.get("max_delta")})
+    if not rows:
+        return extra, {}
+    if pushed:
+        import tempfile
+
+        manifest = os.path.join(tempfile.mkdtemp(prefix="deploy_manifest_"), serving.DEPLOY_MANIFEST_FILE)
+        jsonio.write(manifest, {"artifacts": pushed, "refused": refused})
+        extra[f"deploy/{serving.DEPLOY_MANIFEST_FILE}"] = manifest
+    for entry in refused:
+        logger.warning("not pushing deployment artifact %s: %s", entry["format"], "; ".join(entry["reasons"]))
+    return extra, {"deploy_artifacts": pushed, "deploy_refused": refused}
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -44,7 +44,9 @@ Sections:
 * ``export``: the SavedModel's numeric precision (``precision``: ``float32`` or
   ``bfloat16``, the network's compute dtype; flip averaging and DARK decoding
   stay float32) and ``force_precision`` (export bfloat16 where this machine
-  has no native bfloat16), see :func:`trainer.export.serving_network`.
+  has no native bfloat16), see :func:`trainer.export.serving_network`; ``formats``: the
+  deployment artifacts written beside the SavedModel (LiteRT / ONNX, default none;
+  ``onnx_opset``, ``calibration_crops``), see :mod:`trainer.export_deploy`.
 * ``approach``: ``top_down`` (person crops, the default) or ``bottom_up``
   (whole images, PersonLab/StrongPose; docs/bottom_up.md).
 * ``bottom_up``: targets and decoder settings of ``approach: bottom_up``
@@ -61,6 +63,7 @@ import yaml
 
 from schemas import dataset_meta
 from schemas.keypoints import SCHEMAS
+from schemas.serving import DEPLOY_FORMATS
 
 DEFAULTS: Dict[str, Any] = {
     "name": None,  # defaults to the file's stem
@@ -133,10 +136,15 @@ DEFAULTS: Dict[str, Any] = {
         "slice_by_person_size": True,  # TFMA slices person_size=medium/large (COCO)
         "restrict_to_eval_images": False,  # COCO: score only images present in Split-eval
         "report_overlays": 6,          # PNG skeleton overlays in the evaluation report
+        "deploy_artifacts": [],        # deployment formats the Evaluator scores and gates (components/deploy_eval.py)
+        "deploy_max_delta": {},        # format -> max |primary metric - SavedModel's| (defaults in deploy_eval)
     },
     "export": {
         "precision": "float32",       # float32 | bfloat16 (network compute dtype; decoding stays float32)
         "force_precision": False,     # bfloat16 even without native bf16 on this machine
+        "formats": [],                # deployment artifacts: tflite_fp32 | tflite_fp16 | tflite_int8 | onnx
+        "onnx_opset": 17,             # ONNX opset of the onnx artifact
+        "calibration_crops": 128,     # train crops the tflite_int8 artifact is calibrated on
     },
     "bottom_up": None,                 # filled from BOTTOM_UP_DEFAULTS below
     "small_run": {},
@@ -206,7 +214,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str =
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
         key_path = f"{path}{key}"
-        if key not in merged and path not in ("model.", "eval.thresholds.", "small_run.") and key_path not in (
+        if key not in merged and path not in ("model.", "eval.thresholds.", "eval.deploy_max_delta.", "small_run.") and key_path not in (
                 "model", "small_run"):
             raise ValueError(f"unknown config key {key_path!r}")
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
@@ -347,6 +355,22 @@ def _validate(config: Dict[str, Any]) -> None:
         raise ValueError(f"export.precision must be one of {_EXPORT_PRECISIONS}, got {export['precision']!r}")
     if not isinstance(export["force_precision"], bool):
         raise ValueError(f"export.force_precision must be true or false, got {export['force_precision']!r}")
+    formats = export["formats"]
+    if not isinstance(formats, list) or any(name not in DEPLOY_FORMATS for name in formats) \
+            or len(set(formats)) != len(formats):
+        raise ValueError(f"export.formats must be a list of distinct formats from {DEPLOY_FORMATS}, got {formats!r}")
+    artifacts = config["eval"]["deploy_artifacts"]
+    if not isinstance(artifacts, list) or any(name not in DEPLOY_FORMATS for name in artifacts):
+        raise ValueError(f"eval.deploy_artifacts must be a list of formats from {DEPLOY_FORMATS}, got {artifacts!r}")
+    deltas = config["eval"]["deploy_max_delta"]
+    if not isinstance(deltas, Mapping) or any(name not in DEPLOY_FORMATS or isinstance(value, bool)
+                                              or not isinstance(value, (int, float)) or not value >= 0
+                                              for name, value in deltas.items()):
+        raise ValueError(f"eval.deploy_max_delta must map formats from {DEPLOY_FORMATS} to numbers >= 0, "
+                         f"got {deltas!r}")
+    for key, low in (("onnx_opset", 13), ("calibration_crops", 1)):
+        if isinstance(export[key], bool) or not isinstance(export[key], int) or export[key] < low:
+            raise ValueError(f"export.{key} must be an integer >= {low}, got {export[key]!r}")
     augmentation = config["augmentation"]
     for key in ("rotation_prob", "half_body_prob"):
         if not 0.0 <= float(augmentation[key]) <= 1.0:

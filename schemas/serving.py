@@ -91,3 +91,21 @@ OUTPUT_PERSON_SCORES = "person_scores"
 OUTPUT_NUM_PEOPLE = "num_people"
 OUTPUT_OUTPUTS = "outputs"
 OUTPUT_IMAGE_ID = "image_id"
+
+# Deployment artifacts (trainer/export_deploy.py; docs/deploy.md): one folder per format beside
+# Format-Serving, each holding the model file and its spec (deploy.json). Contract of every artifact:
+# input ``images`` (B, H_in, W_in, 3) RGB 0..255 crops (float32; uint8 for tflite_int8), outputs
+# ``keypoints_crop`` (B, K, 2) float32 crop pixels, ``scores`` (B, K) float32, ``heatmaps``
+# (B, H_hm, W_hm, K) float32 (the decoded maps: flip-averaged under eval.flip_test).
+DEPLOY_DIR = "Format-Deploy"
+DEPLOY_SPEC_FILE = "deploy.json"
+DEPLOY_MANIFEST_FILE = "deploy_manifest.json"
+# format -> (runtime, precision, file name)
+DEPLOY_FORMAT_INFO = {
+    "tflite_fp32": ("litert", "float32", "model.tflite"),
+    "tflite_fp16": ("litert", "float16", "model.tflite"),
+    "tflite_int8": ("litert", "int8", "model.tflite"),
+    "onnx": ("onnxruntime", "float32", "model.onnx"),
+}
+DEPLOY_FORMATS = tuple(DEPLOY_FORMAT_INFO)
+DEPLOY_OUTPUTS = (OUTPUT_KEYPOINTS_CROP, OUTPUT_SCORES, OUTPUT_HEATMAPS)

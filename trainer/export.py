@@ -53,7 +53,11 @@ Plus ``<model_dir>/model.keras`` (weights and architecture, for fine-tuning).
 Re-export a saved model at another precision::
 
     python -m trainer.export --keras-model <model_dir>/model.keras --config <yaml> \
-        --out <dir>/Format-Serving [--precision float32|bfloat16] [--force-precision] [--small-run]
+        --out <dir>/Format-Serving [--precision float32|bfloat16] [--force-precision] [--small-run] \
+        [--examples <ExampleGen dir>]
+
+With ``export.formats`` in the config it also writes the LiteRT / ONNX artifacts beside ``--out``
+(``<dir>/Format-Deploy``, :mod:`trainer.export_deploy`; ``--examples`` calibrates ``tflite_int8``).
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ from pose.images import decode_image_tf
 from pose.codec import HeatmapCodec
 from schemas import features, serving
 from schemas.dataset_meta import schema_for
-from trainer import export_bottom_up
+from trainer import export_bottom_up, export_deploy
 from trainer.models import attention_model, prediction
 from trainer.saved_model_variables import track_captured_variables
 
@@ -531,8 +535,12 @@ def save_keras_model(model, path: str) -> str:
 
 
 def export_keras_model(keras_path: str, config: Mapping[str, Any], export_dir: str,
-                       log=print) -> str:
+                       log=print, train_files=None) -> str:
     """Re-exports a saved ``model.keras`` as a SavedModel at ``config["export"]``'s precision.
+
+    With ``config["export"]["formats"]`` also writes those LiteRT / ONNX artifacts to
+    ``<parent of export_dir>/Format-Deploy`` (:mod:`trainer.export_deploy`; ``tflite_int8`` is
+    calibrated on ``train_files``, the train Examples).
 
     Args:
         keras_path: ``<model_dir>/model.keras`` (local or ``gs://``), written by the Trainer or
@@ -556,12 +564,18 @@ def export_keras_model(keras_path: str, config: Mapping[str, Any], export_dir: s
     log(check_precision(precision, force))
     if not tf.io.gfile.exists(keras_path):
         raise FileNotFoundError(f"Keras model not found: {keras_path}")
+    if "tflite_int8" in export_deploy.deploy_formats(config) and train_files is None:
+        raise ValueError("export.formats lists tflite_int8: pass the train Examples to calibrate on (--examples)")
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"{export_dir} exists already: choose a new --out")
     get_builder(config["model"]["name"])  # imports the builder module, which registers its custom layers
     model = keras.models.load_model(keras_path)
-    export_serving_model(model, config, HeatmapCodec.from_config(config), export_dir)
+    codec = HeatmapCodec.from_config(config)
+    export_serving_model(model, config, codec, export_dir)
     log(f"exported {keras_path} ({precision}) to {export_dir}")
+    if export_deploy.deploy_formats(config):
+        deploy_dir = f"{os.path.dirname(export_dir.rstrip('/'))}/{serving.DEPLOY_DIR}"
+        export_deploy.export_deploy_artifacts(model, config, codec, deploy_dir, train_files=train_files, log=log)
     return export_dir
 
 
@@ -579,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="network precision (default: the config's export.precision)")
     parser.add_argument("--force-precision", action="store_true",
                         help="export bfloat16 even where this machine has no native bfloat16")
+    parser.add_argument("--examples", default=None,
+                        help="ExampleGen output whose Split-train calibrates a tflite_int8 export.formats entry")
     args = parser.parse_args(argv)
     overrides: Dict[str, Any] = {}
     if args.precision is not None:
@@ -592,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, flush=True)
 
     try:
-        export_keras_model(args.keras_model, config, args.out, log)
+        train = None
+        if args.examples:
+            from schemas import examples as examples_layout
+
+            train = examples_layout.split_dir(args.examples, "train")
+        export_keras_model(args.keras_model, config, args.out, log, train_files=train)
     except UnsupportedPrecisionError as error:
         print(f"python -m trainer.export: error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -9,6 +9,8 @@ strategy comes from ``TF_CONFIG``/``--tpu``, see :mod:`trainer.distribution`):
 Outputs under ``<model-dir>``:
 
 * ``Format-Serving/``: SavedModel (:mod:`schemas.serving`, :mod:`trainer.export`);
+* ``Format-Deploy/<format>/``: LiteRT / ONNX artifacts when ``export.formats`` lists them
+  (:mod:`trainer.export_deploy`; int8 calibrated on the train files);
 * ``model.keras``: the trained Keras model (fine-tuning);
 * ``run/checkpoints/``: ``tf.train.CheckpointManager`` checkpoints (resume);
 * ``run/tensorboard/``: loss, learning rate, throughput, keypoint previews;
@@ -33,7 +35,7 @@ from schemas import examples as examples_layout
 from schemas import serving
 from schemas.dataset_meta import schema_for
 from schemas import jsonio
-from trainer import distribution, export, input_pipeline, pretrained, train_loop
+from trainer import distribution, export, export_deploy, input_pipeline, pretrained, train_loop
 from trainer.models import build_model
 
 RUN_SUBDIR = "run"
@@ -140,6 +142,7 @@ def train_on_files(train_files: str | Sequence[str], config: Mapping[str, Any], 
     files = _resolve_files(train_files)
     # export.precision is checked before training (a refused bfloat16 export would waste the run)
     log(export.check_precision(*export.export_precision(config)))
+    deploy_formats = export_deploy.deploy_formats(config)  # checked before training too
     strategy = strategy or distribution.choose_strategy()
     train_config = config["train"]
     check_examples_meta(files, config)
@@ -191,6 +194,10 @@ def train_on_files(train_files: str | Sequence[str], config: Mapping[str, Any], 
         plain.set_weights(model.get_weights())
         export.export_serving_model(plain, config, codec, serving_model_dir)
         log(f"exported SavedModel to {serving_model_dir}")
+        if deploy_formats:  # LiteRT / ONNX artifacts beside Format-Serving (trainer/export_deploy.py)
+            deploy_dir = f"{os.path.dirname(serving_model_dir.rstrip('/'))}/{serving.DEPLOY_DIR}"
+            summary["deploy_artifacts"] = export_deploy.export_deploy_artifacts(
+                plain, config, codec, deploy_dir, train_files=files, log=log)
         if keras_path:
             export.save_keras_model(plain, keras_path)
     return summary

@@ -1,0 +1,532 @@
+"""Deployment exports: LiteRT (TFLite) float32 / float16 / int8 and ONNX, with flip test and DARK inside.
+
+Each artifact is one file that takes a batch of person crops and returns, like the SavedModel
+(:mod:`trainer.export`, :mod:`schemas.serving`), the decoded keypoints and their scores, plus the
+heatmaps they were decoded from. Contract of every artifact (:data:`schemas.serving.DEPLOY_OUTPUTS`):
+
+* input ``images`` (B, H_in, W_in, 3) RGB crops, 0..255 (the crop rule of ExampleGen,
+  :mod:`pose.coordinates`): float32 for ``tflite_fp32``, ``tflite_fp16`` and ``onnx``; uint8 for
+  ``tflite_int8`` (LiteRT's convention for full-integer models; its quantization parameters, scale 1
+  and zero point 0 when calibration saw the full 0..255 range, are in the artifact and in
+  ``deploy.json``);
+* outputs ``keypoints_crop`` (B, K, 2) float32 crop pixels (x, y), ``scores`` (B, K) float32 heatmap
+  maxima, ``heatmaps`` (B, H_hm, W_hm, K) float32: the maps that were decoded, i.e. flip-averaged when
+  ``eval.flip_test`` is on (the SavedModel's ``heatmaps`` signature returns the raw, unflipped maps).
+  Image pixels: :func:`pose.coordinates.crop_to_image` with the crop's ``center`` / ``scale``.
+
+The graph is a Keras functional model (the trained network called once, or twice for the flip test,
+then :class:`DarkDecodeLayer`) converted with ``tf.lite.TFLiteConverter.from_keras_model`` and
+``tf2onnx.convert.from_function``. Only built-in ops: the LiteRT converter runs with
+``TFLITE_BUILTINS`` (``+ TFLITE_BUILTINS_INT8`` for int8), never ``SELECT_TF_OPS``, and every written
+model is checked (:func:`check_tflite_ops`, :func:`check_onnx_ops`): a Flex or custom op, or an ONNX
+node outside the default domain, raises :class:`DeployExportError`.
+
+DARK in the graph (:class:`DarkDecodeLayer`, float32; Zhang et al., CVPR 2020, Sec. 3.2): the argmax
+in column-major order (ties to the smallest x, then y, as :mod:`pose.codec_np`), the modulation as a
+zero-padded depthwise Gaussian blur (the kernel of :func:`pose.codec_np.gaussian_kernel_1d`) rescaled
+by original max / blurred max of each map (the global maxima, as :func:`pose.codec_np.modulate`),
+values floored at :data:`pose.codec_np.LOG_FLOOR`, and the Taylor step from the thirteen stencil
+values gathered around the peak (applied where the 5x5 neighbourhood is inside the map and
+det(H) != 0; a non-finite step is dropped). Same maths as :mod:`pose.codec_tf` in float32 instead of
+float64; ``tests/test_export_deploy.py`` holds the float32 artifacts to the SavedModel's keypoints
+within 0.05 crop pixels. ``standard`` and ``argmax`` decoding are built the same way.
+
+int8: the network is full-integer (weights and activations int8, input uint8, calibrated on crops of
+the train Examples, :func:`calibration_crops`); the flip averaging and DARK decode run in float32
+inside the same model (their ops are kept out of quantization by name, see :func:`convert_tflite`,
+because DARK takes logs of ratios of heatmap values that 8-bit activations would reduce to a few
+levels). Where the converter cannot keep them float (it quantizes some of them anyway) the export
+fails with :class:`DeployExportError` naming the ops: never a silent difference.
+
+Layout (:data:`schemas.serving.DEPLOY_DIR` beside ``Format-Serving``)::
+
+    <model_dir>/Format-Deploy/<format>/model.tflite | model.onnx
+    <model_dir>/Format-Deploy/<format>/deploy.json   (format, runtime, precision, input/output spec, decode)
+
+Config: ``export.formats`` (list of :data:`schemas.serving.DEPLOY_FORMATS`, default empty: nothing
+more is written), ``export.onnx_opset`` (default 17), ``export.calibration_crops`` (int8, default 128).
+
+Re-export: ``python -m trainer.export_deploy --keras-model <model.keras> --config <yaml>
+--examples <ExampleGen dir> --out <dir>/Format-Deploy [--formats tflite_fp32,onnx] [--small-run]``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pose.codec import HeatmapCodec
+from pose.codec_np import LOG_FLOOR, gaussian_kernel_1d
+from pose.coordinates import crop_to_heatmap_factor
+from pose.images import decode_image_tf
+from schemas import examples as examples_layout
+from schemas import features, jsonio, serving
+from schemas.dataset_meta import schema_for
+from trainer import records
+from trainer.models import prediction
+
+# Largest finite float32: |x| <= this is "finite" (TFLite has no IS_FINITE built-in; NaN compares false).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Name prefix of the ops that must stay float32 in the int8 model (flip averaging + decoding).
+FLOAT_SCOPE = "deploy_float"
+
+
+class DeployExportError(RuntimeError):
+    """A deployment artifact could not be built as specified (a non-built-in op, a quantized decode op)."""
+
+
+def deploy_formats(config: Mapping[str, Any]) -> List[str]:
+    """``config["export"]["formats"]`` as a list (empty when absent).
+
+    Raises:
+        ValueError: not a list, or an unknown or repeated format.
+    """
+    formats = (config.get("export") or {}).get("formats") or []
+    if not isinstance(formats, (list, tuple)):
+        raise ValueError(f"export.formats must be a list of {serving.DEPLOY_FORMATS}, got {formats!r}")
+    for name in formats:
+        if name not in serving.DEPLOY_FORMATS:
+            raise ValueError(f"export.formats: unknown format {name!r}; choose from {serving.DEPLOY_FORMATS}")
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"export.formats lists a format twice: {list(formats)}")
+    return list(formats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The graph
+# ---------------------------------------------------------------------------------------------------------
+def _layers():
+    import keras
+
+    class FlipImagesLayer(keras.layers.Layer):
+        """(B, H, W, 3) crops -> the same crops mirrored left-right."""
+
+        def call(self, images):
+            return tf.reverse(images, axis=[2])
+
+    class FlipAverageLayer(keras.layers.Layer):
+        """``[direct, mirrored]`` (B, H, W, K) heatmaps -> 0.5 (direct + mirrored flipped back, joints swapped).
+
+        The flip-back of :func:`pose.codec_tf.flip_back` (an exact mirror under the UDP convention).
+        """
+
+        def __init__(self, flip_index: Sequence[int], **kwargs):
+            super().__init__(**kwargs)
+            self.flip_index = [int(v) for v in flip_index]
+
+        def get_config(self):
+            return {**super().get_config(), "flip_index": self.flip_index}
+
+        def call(self, inputs):
+            direct, mirrored = inputs
+            with tf.name_scope(FLOAT_SCOPE):
+                back = tf.gather(tf.reverse(tf.cast(mirrored, tf.float32), axis=[2]),
+                                 tf.constant(self.flip_index, tf.int32), axis=3)
+                return 0.5 * (tf.cast(direct, tf.float32) + back)
+
+    class DarkDecodeLayer(keras.layers.Layer):
+        """(B, H_hm, W_hm, K) heatmaps -> ``(keypoints (B, K, 2) crop pixels, scores (B, K))``, float32.
+
+        Built-in ops only (ARG_MAX, GATHER, DEPTHWISE_CONV_2D, LOG, ...); see the module docstring.
+        """
+
+        def __init__(self, input_size, heatmap_size, method="dark", blur_kernel=11, **kwargs):
+            super().__init__(**kwargs)
+            self.input_size = [int(v) for v in input_size]
+            self.heatmap_size = [int(v) for v in heatmap_size]
+            self.method = str(method)
+            self.blur_kernel = int(blur_kernel)
+
+        def get_config(self):
+            return {**super().get_config(), "input_size": self.input_size, "heatmap_size": self.heatmap_size,
+                    "method": self.method, "blur_kernel": self.blur_kernel}
+
+        def call(self, heatmaps):
+            with tf.name_scope(FLOAT_SCOPE):
+                return decode_graph(tf.cast(heatmaps, tf.float32), self.input_size, self.heatmap_size,
+                                    self.method, self.blur_kernel)
+
+    return FlipImagesLayer, FlipAverageLayer, DarkDecodeLayer
+
+
+def decode_graph(heatmaps: tf.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int],
+                 method: str = "dark", blur_kernel: int = 11):
+    """The converter-friendly float32 decoder: (B, H, W, K) -> (keypoints (B, K, 2) crop pixels, scores (B, K)).
+
+    H, W, K must be static. Ops: TRANSPOSE, RESHAPE, ARG_MAX, REDUCE_MAX, DEPTHWISE_CONV_2D, GATHER,
+    LOG, arithmetic and comparisons, SELECT (all LiteRT built-ins, all default-domain ONNX ops).
+    """
+    height, width, joints = (int(v) for v in heatmaps.shape[1:])
+    batch = tf.shape(heatmaps)[0]
+    by_column = tf.reshape(tf.transpose(heatmaps, [0, 3, 2, 1]), [-1, joints, width * height])
+    index = tf.argmax(by_column, axis=-1, output_type=tf.int32)                       # (B, K), first max
+    scores = tf.reduce_max(by_column, axis=-1)
+    px = index // height
+    py = index - px * height
+    coords = tf.cast(tf.stack([px, py], axis=-1), tf.float32)
+    zero = tf.constant(0.0)
+    origin = tf.range(batch)[:, None] * (height * width * joints) + tf.range(joints)[None, :]   # (B, K)
+
+    def gather(flat, dx, dy):
+        rows = tf.clip_by_value(py + dy, 0, height - 1)
+        cols = tf.clip_by_value(px + dx, 0, width - 1)
+        return tf.gather(flat, origin + (rows * width + cols) * joints)
+
+    if method == "standard":
+        flat = tf.reshape(heatmaps, [-1])
+        inner_x = tf.cast((px >= 1) & (px <= width - 2), tf.float32)
+        inner_y = tf.cast((py >= 1) & (py <= height - 2), tf.float32)
+        shift_x = inner_x * 0.25 * tf.sign(gather(flat, 1, 0) - gather(flat, -1, 0))
+        shift_y = inner_y * 0.25 * tf.sign(gather(flat, 0, 1) - gather(flat, 0, -1))
+        coords = coords + tf.stack([shift_x, shift_y], axis=-1)
+    elif method == "dark":
+        kernel = gaussian_kernel_1d(blur_kernel)
+        kernel_2d = np.outer(kernel, kernel).astype(np.float32)
+        depthwise = np.tile(kernel_2d[:, :, None, None], [1, 1, joints, 1])
+        blurred = tf.nn.depthwise_conv2d(heatmaps, tf.constant(depthwise), strides=[1, 1, 1, 1], padding="SAME")
+        blurred_max = tf.reduce_max(tf.reshape(blurred, [-1, height * width, joints]), axis=1)   # (B, K)
+        positive = blurred_max > 0
+        one = tf.constant(1.0)  # scalars broadcast by SELECT_V2: no ones_like tensor for the quantizer to touch
+        ratio = tf.where(positive, scores / tf.where(positive, blurred_max, one), one)
+        flat = tf.reshape(blurred, [-1])
+
+        def log_at(dx, dy):
+            return tf.math.log(tf.maximum(gather(flat, dx, dy) * ratio, LOG_FLOOR))
+
+        center = log_at(0, 0)
+        dx = 0.5 * (log_at(1, 0) - log_at(-1, 0))
+        dy = 0.5 * (log_at(0, 1) - log_at(0, -1))
+        dxx = 0.25 * (log_at(2, 0) - 2.0 * center + log_at(-2, 0))
+        dyy = 0.25 * (log_at(0, 2) - 2.0 * center + log_at(0, -2))
+        dxy = 0.25 * (log_at(1, 1) - log_at(1, -1) - log_at(-1, 1) + log_at(-1, -1))
+        det = dxx * dyy - dxy * dxy
+        inside = (px >= 2) & (px <= width - 3) & (py >= 2) & (py <= height - 3)
+        apply = inside & tf.not_equal(det, 0.0)
+        safe_det = tf.where(apply, det, one)
+        offsets = tf.stack([-(dyy * dx - dxy * dy) / safe_det, -(dxx * dy - dxy * dx) / safe_det], axis=-1)
+        keep = apply[..., None] & (tf.abs(offsets) <= _FLOAT32_MAX)
+        coords = coords + tf.where(keep, offsets, zero)
+    elif method != "argmax":
+        raise ValueError(f"unknown decoding method {method!r}")
+    valid = tf.abs(scores) <= _FLOAT32_MAX
+    coords = tf.where(valid[..., None], coords, zero)
+    scores = tf.where(valid, scores, zero)
+    factor = tf.constant(crop_to_heatmap_factor(input_size, heatmap_size), tf.float32)
+    return coords / factor, scores
+
+
+def deploy_keras_model(model, config: Mapping[str, Any], codec: HeatmapCodec):
+    """The Keras functional model every artifact is converted from.
+
+    Args:
+        model: trained keras.Model (input (B, H_in, W_in, 3) RGB 0..255, output heatmaps or a list,
+            last = prediction), float32.
+        config: loaded experiment config (``dataset``, ``eval.flip_test``).
+        codec: the experiment's codec (sizes, decoding method, blur kernel).
+
+    Returns:
+        keras.Model ``images`` -> ``{"heatmaps", "keypoints_crop", "scores"}`` (see the module docstring).
+    """
+    import keras
+
+    flip_images, flip_average, dark_decode = _layers()
+    height, width = codec.input_size
+    images = keras.Input((height, width, 3), dtype="float32", name=serving.INPUT_IMAGES)
+    heatmaps = prediction(model(images, training=False))
+    if bool(config["eval"]["flip_test"]):
+        mirrored = prediction(model(flip_images(name="flip_images")(images), training=False))
+        heatmaps = flip_average(schema_for(config).flip_index, name="flip_average")([heatmaps, mirrored])
+    keypoints, scores = dark_decode(codec.input_size, codec.heatmap_size, codec.decoding, codec.blur_kernel,
+                                    name="dark_decode")(heatmaps)
+    outputs = {serving.OUTPUT_HEATMAPS: keras.layers.Identity(name=serving.OUTPUT_HEATMAPS)(heatmaps),
+               serving.OUTPUT_KEYPOINTS_CROP: keras.layers.Identity(name=serving.OUTPUT_KEYPOINTS_CROP)(keypoints),
+               serving.OUTPUT_SCORES: keras.layers.Identity(name=serving.OUTPUT_SCORES)(scores)}
+    return keras.Model(images, outputs, name="pose_deploy")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration data
+# ---------------------------------------------------------------------------------------------------------
+def calibration_crops(train_files: str | Sequence[str], config: Mapping[str, Any], count: int) -> np.ndarray:
+    """The first ``count`` crops of the train Examples, (N, H_in, W_in, 3) float32 RGB 0..255.
+
+    Args:
+        train_files: ``Split-train`` shards, a directory or glob (:func:`trainer.records.list_files`).
+        config: loaded experiment config (``dataset`` for the record spec).
+        count: crops wanted (fewer when the split holds fewer).
+
+    Raises:
+        ValueError: no file matches, or the files hold no record.
+    """
+    files = records.list_files(train_files)
+    num_joints = schema_for(config).num_joints
+    dataset = tf.data.TFRecordDataset(files, compression_type=records.compression_type(files)).take(int(count))
+    crops = []
+    for batch in dataset.batch(64):
+        parsed = features.parse_records(batch, num_joints)
+        crops.extend(decode_image_tf(encoded).numpy() for encoded in parsed["image/encoded"])
+    if not crops:
+        raise ValueError(f"no train records to calibrate int8 on in {files[0]} ...")
+    return np.stack(crops).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversion and op checks
+# ---------------------------------------------------------------------------------------------------------
+def _op_details(model_bytes: bytes):
+    """``[(op name, [input dtypes], [output dtypes], first output tensor name)]`` of a LiteRT model."""
+    interpreter = tf.lite.Interpreter(model_content=model_bytes)
+    ops = []
+    for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+        def dtype(index):
+            return np.dtype(interpreter._get_tensor_details(index, 0)["dtype"]).name if index >= 0 else None
+        name = interpreter._get_tensor_details(op["outputs"][0], 0)["name"] if len(op["outputs"]) else ""
+        ops.append((op["op_name"], [dtype(i) for i in op["inputs"]], [dtype(i) for i in op["outputs"]], name))
+    return ops
+
+
+def check_tflite_ops(model_bytes: bytes, label: str) -> List[str]:
+    """Raises :class:`DeployExportError` on a Flex (TF select) or custom op; returns the sorted op names."""
+    names = sorted({op[0] for op in _op_details(model_bytes)})
+    foreign = [name for name in names if name.startswith("Flex") or name in ("CUSTOM", "DELEGATE")]
+    if foreign:
+        raise DeployExportError(f"{label}: the model needs non-built-in ops {foreign}; the standard LiteRT build "
+                                "cannot run it")
+    return names
+
+
+def _float_scope_nodes(calibrated: bytes) -> List[str]:
+    """Output tensor names of the float-scope ops and of the model outputs in a calibrated LiteRT model."""
+    interpreter = tf.lite.Interpreter(model_content=calibrated)
+    names = {name for *_, name in _op_details(calibrated) if FLOAT_SCOPE in name}
+    names.update(detail["name"] for detail in interpreter.get_output_details())
+    return sorted(names)
+
+
+def convert_tflite(deploy_model, precision: str, calibration: np.ndarray | None = None) -> bytes:
+    """LiteRT flatbuffer of ``deploy_model`` at ``precision`` (``float32``, ``float16``, ``int8``).
+
+    ``float16``: float16 weights (``Optimize.DEFAULT`` + ``supported_types=[float16]``), float32
+    activations. ``int8``: calibrated on ``calibration`` (N, H, W, 3) crops, int8 weights and activations
+    for the network, uint8 input, float32 outputs; the ops of :data:`FLOAT_SCOPE` (flip averaging, decoding)
+    and the outputs are denylisted from quantization (``convert.mlir_quantize(denylisted_nodes=...)``, what
+    ``tf.lite.experimental.QuantizationDebugger``'s selective quantization calls), then the float input is
+    turned into uint8 (``modify_model_io_type``, what ``inference_input_type=tf.uint8`` does).
+
+    Raises:
+        DeployExportError: a non-built-in op, or (int8) a decode op that came out quantized.
+        ValueError: an unknown precision, or int8 without calibration crops.
+    """
+    converter = tf.lite.TFLiteConverter.from_keras_model(deploy_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # never SELECT_TF_OPS (Flex)
+    if precision == "float32":
+        model_bytes = converter.convert()
+    elif precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+        model_bytes = converter.convert()
+    elif precision == "int8":
+        from tensorflow.lite.python import convert as lite_convert
+        from tensorflow.lite.python import util as lite_util
+
+        if calibration is None or not len(calibration):
+            raise ValueError("int8 export needs calibration crops")
+        crops = np.asarray(calibration, np.float32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([crops[i:i + 1]] for i in range(len(crops)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+        calibrated = converter.convert()
+        quantized = lite_convert.mlir_quantize(calibrated, fully_quantize=False,
+                                               denylisted_nodes=_float_scope_nodes(calibrated))
+        model_bytes = lite_util.modify_model_io_type(quantized, tf.uint8, tf.float32)
+        quantized_decode = sorted({op for op, inputs, outputs, name in _op_details(model_bytes)
+                                   if FLOAT_SCOPE in name and op not in ("QUANTIZE", "DEQUANTIZE")
+                                   and {"int8", "uint8"} & set(inputs + outputs)})
+        if quantized_decode:
+            raise DeployExportError(f"tflite_int8: the converter quantized decode ops {quantized_decode}; DARK "
+                                    "cannot run on 8-bit values (export heatmaps and decode with pose.codec_np)")
+    else:
+        raise ValueError(f"precision must be float32, float16 or int8, got {precision!r}")
+    check_tflite_ops(model_bytes, f"tflite {precision}")
+    return model_bytes
+
+
+def convert_onnx(deploy_model, opset: int) -> bytes:
+    """ONNX model of ``deploy_model`` (``tf2onnx.convert.from_function``, dynamic batch) at ``opset``.
+
+    Raises:
+        DeployExportError: a node outside ONNX's default domain (a custom or contrib op).
+    """
+    import tf2onnx
+
+    height, width = (int(v) for v in deploy_model.input_shape[1:3])
+    spec = [tf.TensorSpec([None, height, width, 3], tf.float32, name=serving.INPUT_IMAGES)]
+    function = tf.function(lambda images: deploy_model(images, training=False))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=int(opset))
+    foreign = sorted({f"{node.domain}:{node.op_type}" for node in proto.graph.node
+                      if node.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise DeployExportError(f"onnx: the model needs ops outside ONNX's default domain {foreign}")
+    outputs = sorted(output.name for output in proto.graph.output)
+    if outputs != sorted(serving.DEPLOY_OUTPUTS):
+        raise DeployExportError(f"onnx: outputs {outputs}, expected {sorted(serving.DEPLOY_OUTPUTS)}")
+    return proto.SerializeToString()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing the artifacts
+# ---------------------------------------------------------------------------------------------------------
+def artifact_spec(name: str, config: Mapping[str, Any], codec: HeatmapCodec, opset: int | None = None,
+                  input_quantization=None) -> Dict[str, Any]:
+    """The ``deploy.json`` of one artifact: format, runtime, precision, file, input and output specs, decode."""
+    runtime, precision, file_name = serving.DEPLOY_FORMAT_INFO[name]
+    height, width = codec.input_size
+    hm_h, hm_w = codec.heatmap_size
+    joints = schema_for(config).num_joints
+    spec: Dict[str, Any] = {
+        "format": name, "runtime": runtime, "precision": precision, "file": file_name,
+        "input": {"name": serving.INPUT_IMAGES, "shape": [None, height, width, 3],
+                  "dtype": "uint8" if precision == "int8" else "float32",
+                  "meaning": "RGB person crops, 0..255 (ExampleGen's crop rule)"},
+        "outputs": [
+            {"name": serving.OUTPUT_KEYPOINTS_CROP, "shape": [None, joints, 2], "dtype": "float32",
+             "meaning": "keypoints (x, y), crop pixels; image = pose.coordinates.crop_to_image(center, scale)"},
+            {"name": serving.OUTPUT_SCORES, "shape": [None, joints], "dtype": "float32",
+             "meaning": "heatmap maxima"},
+            {"name": serving.OUTPUT_HEATMAPS, "shape": [None, hm_h, hm_w, joints], "dtype": "float32",
+             "meaning": "the decoded heatmaps (flip-averaged when flip_test)"},
+        ],
+        "decode": {"in_graph": True, "method": codec.decoding, "blur_kernel": codec.blur_kernel,
+                   "compute_dtype": "float32"},
+        "flip_test": bool(config["eval"]["flip_test"]),
+        "dataset": config["dataset"],
+        "input_size": [height, width],
+        "heatmap_size": [hm_h, hm_w],
+    }
+    if opset is not None:
+        spec["opset"] = int(opset)
+    if input_quantization is not None:
+        spec["input"]["quantization"] = {"scale": float(input_quantization[0]),
+                                         "zero_point": int(input_quantization[1])}
+    return spec
+
+
+def _input_quantization(model_bytes: bytes):
+    detail = tf.lite.Interpreter(model_content=model_bytes).get_input_details()[0]
+    return detail["quantization"]
+
+
+def export_deploy_artifacts(model, config: Mapping[str, Any], codec: HeatmapCodec, deploy_dir: str,
+                            train_files: str | Sequence[str] | None = None,
+                            formats: Sequence[str] | None = None, log: Callable[[str], None] = print,
+                            calibration: np.ndarray | None = None) -> Dict[str, str]:
+    """Writes one folder per format under ``deploy_dir`` (``<format>/<file>`` + ``deploy.json``).
+
+    Args:
+        model: trained keras.Model, float32 (see :func:`deploy_keras_model`).
+        config: loaded experiment config; ``export.formats`` unless ``formats`` is given.
+        codec: the experiment's codec.
+        deploy_dir: usually ``<model_dir>/Format-Deploy`` (local or ``gs://``).
+        train_files: train Examples (int8 calibration; ``export.calibration_crops`` crops).
+        formats: overrides ``export.formats``.
+        calibration: (N, H, W, 3) crops instead of reading ``train_files``.
+
+    Returns:
+        ``{format: artifact path}``.
+
+    Raises:
+        ValueError: an unknown format; int8 without calibration data; a bottom-up config.
+        DeployExportError: see :func:`convert_tflite`, :func:`convert_onnx`.
+    """
+    formats = deploy_formats(config) if formats is None else list(formats)
+    if not formats:
+        return {}
+    if config.get("approach", "top_down") != "top_down":
+        raise ValueError("export.formats: deployment artifacts are built for top_down models only")
+    section = config.get("export") or {}
+    opset = int(section.get("onnx_opset", 17))
+    deploy_model = deploy_keras_model(model, config, codec)
+    written = {}
+    for name in formats:
+        runtime, precision, file_name = serving.DEPLOY_FORMAT_INFO[name]
+        quantization = None
+        if runtime == "onnxruntime":
+            data = convert_onnx(deploy_model, opset)
+        else:
+            crops = None
+            if precision == "int8":
+                crops = calibration
+                if crops is None:
+                    if train_files is None:
+                        raise ValueError("tflite_int8 needs the train Examples to calibrate on")
+                    crops = calibration_crops(train_files, config, int(section.get("calibration_crops", 128)))
+            data = convert_tflite(deploy_model, precision, crops)
+            if precision == "int8":
+                quantization = _input_quantization(data)
+        folder = f"{deploy_dir.rstrip('/')}/{name}"
+        tf.io.gfile.makedirs(folder)
+        path = f"{folder}/{file_name}"
+        with tf.io.gfile.GFile(path, "wb") as handle:
+            handle.write(data)
+        spec = artifact_spec(name, config, codec, opset if runtime == "onnxruntime" else None, quantization)
+        jsonio.write(f"{folder}/{serving.DEPLOY_SPEC_FILE}", spec)
+        log(f"exported {name} ({len(data) / 1e6:.2f} MB) to {path}")
+        written[name] = path
+    return written
+
+
+def export_keras_model(keras_path: str, config: Mapping[str, Any], deploy_dir: str, train_files=None,
+                       formats: Sequence[str] | None = None, log=print) -> Dict[str, str]:
+    """Loads ``model.keras`` and writes its deployment artifacts (:func:`export_deploy_artifacts`).
+
+    Raises:
+        FileNotFoundError: ``keras_path`` does not exist.
+    """
+    import keras
+
+    from trainer.models import get_builder
+
+    if not tf.io.gfile.exists(keras_path):
+        raise FileNotFoundError(f"Keras model not found: {keras_path}")
+    get_builder(config["model"]["name"])  # registers the builder's custom layers
+    model = keras.models.load_model(keras_path)
+    return export_deploy_artifacts(model, config, HeatmapCodec.from_config(config), deploy_dir, train_files,
+                                   formats, log)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pose.config import load_config
+    from toolkit import cli
+
+    parser = cli.ArgumentParser(prog="python -m trainer.export_deploy",
+                                description="Write LiteRT / ONNX deployment artifacts of a model.keras.")
+    parser.add_argument("--keras-model", required=True, help="model.keras (local or gs://)")
+    parser.add_argument("--config", required=True, help="the experiment YAML the model was built from")
+    parser.add_argument("--out", required=True, help="artifact folder, e.g. <model_dir>/Format-Deploy")
+    parser.add_argument("--examples", default=None, help="ExampleGen output (its Split-train calibrates int8)")
+    parser.add_argument("--formats", default=None,
+                        help=f"comma-separated subset of {','.join(serving.DEPLOY_FORMATS)} "
+                             "(default: the config's export.formats)")
+    parser.add_argument("--small-run", action="store_true", help="apply the config's small_run section")
+    args = parser.parse_args(argv)
+    overrides = None
+    if args.formats is not None:
+        overrides = {"export": {"formats": [name for name in args.formats.split(",") if name]}}
+    config = load_config(args.config, small_run=args.small_run, overrides=overrides)
+    formats = deploy_formats(config)
+    if not formats:
+        print("python -m trainer.export_deploy: error: no formats: set export.formats in "
+              f"{args.config} or pass --formats", file=sys.stderr, flush=True)
+        return 2
+    train = examples_layout.split_dir(args.examples, "train") if args.examples else None
+    export_keras_model(args.keras_model, config, args.out, train, formats, lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    from toolkit import cli as _cli
+
+    sys.exit(_cli.run(main, prog="python -m trainer.export_deploy"))
