@@ -20,6 +20,7 @@ NOISE_LINES = [
     "Failed call to cuInit: UNKNOWN ERROR (303)",
     "WARNING:absl:ArtifactQuery.property_predicate is not supported.",
     "W1205 12:01:02.000000 140 channel_resolver.py:63] ContextQuery.property_predicate is not supported.",
+    "WARNING:absl:`custom_executor_spec` is deprecated. Please customize component directly.",
 ]
 KEPT_LINES = [
     "pipeline: component Trainer failed: ValueError: bad config",

@@ -40,6 +40,10 @@ NOISE: Tuple[Pattern[str], ...] = (
     # TFX input resolution / ML Metadata: features of MLMD this pipeline does not use.
     re.compile(r"(ContextQuery|ArtifactQuery)\.property_predicate is not supported"),
     re.compile(r"filter_query (has been removed|is not supported).*ZetaSQL|ZetaSQL dependency removed"),
+    # TFX 1.21 on the Pusher's custom executor (components/tfx_components.py keeps TFX's own Pusher
+    # component with its inputs and CheckBlessing, and swaps only the executor, which is what this
+    # deprecated argument is for; TFX's suggested alternative is a whole custom component).
+    re.compile(r"`custom_executor_spec` is deprecated"),
 )
 """Lines dropped from standard error (each pattern searched anywhere in the line)."""
 
