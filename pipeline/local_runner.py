@@ -192,8 +192,7 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
         if args.data != "coco":
             raise ValueError(f"a dataset meta ({meta_path or path}) is for COCO-format annotation files: "
                              f"use --data coco --coco-root <dir>, not --data {args.data}")
-        if config.get("approach", "top_down") != "top_down":
-            raise ValueError("a dataset meta other than COCO's needs approach top_down (bottom-up knows COCO only)")
+        # approach bottom_up with a meta never gets here: pose.config refuses it, naming the meta.
         # The layout travels inline (to_meta) in every component's config: same hash, no file to find later.
         config["dataset_meta"] = dataset_meta.schema_for(config).to_meta()
     else:

@@ -325,12 +325,24 @@ def _validate_meta(config: Dict[str, Any]) -> None:
         raise ValueError(f"dataset {config['dataset']!r} disagrees with dataset_meta's dataset_name "
                          f"{schema.name!r}: leave dataset out when dataset_meta is set")
     config["dataset"] = schema.name
+    if config.get("approach") == "bottom_up":
+        source = meta if isinstance(meta, str) else "(inline mapping)"
+        raise ValueError(f"approach bottom_up takes no dataset_meta (its channel layout and edge graph exist for the "
+                         f"bundled coco and mpii layouts only, schemas/bottom_up.py); got dataset_meta {source} "
+                         f"({schema.name!r}, {schema.num_joints} joints): use approach top_down for this keypoint "
+                         "set (for COCO itself, leave dataset_meta out)")
 
 
 def _validate(config: Dict[str, Any]) -> None:
     _validate_meta(config)
     if config.get("dataset_meta") is None and config["dataset"] not in SCHEMAS:
         raise ValueError(f"dataset must be one of {sorted(SCHEMAS)}, got {config['dataset']!r}")
+    if config.get("approach") == "bottom_up":
+        from schemas.bottom_up import BOTTOM_UP_GRAPHS   # here: the module imports TensorFlow
+
+        if config["dataset"] not in BOTTOM_UP_GRAPHS:
+            raise ValueError(f"approach bottom_up has an edge graph for {sorted(BOTTOM_UP_GRAPHS)} only "
+                             f"(schemas/bottom_up.py), not dataset {config['dataset']!r}: use approach top_down")
     if not isinstance(config["model"], Mapping) or not config["model"].get("name"):
         raise ValueError("model.name is required")
     pretrained = config["model"].get("pretrained")

@@ -68,3 +68,20 @@ def test_malformed_and_missing_files(tmp_path):
         load_config(str(bad))
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_bottom_up_with_a_dataset_meta_is_refused_at_load(shared_data, tmp_path):
+    """Issue 23: bottom-up has channel layouts for COCO and MPII only; every entry point loads its config
+    here, so a custom keypoint set with approach bottom_up stops before any work, naming the meta."""
+    meta = os.path.join(shared_data, "ap10k_mmpose2", "dataset_meta.json")
+    bottom_up = {"approach": "bottom_up", "data": {"input_size": [129, 129]}}
+    with pytest.raises(ValueError, match=r"approach bottom_up takes no dataset_meta .* got dataset_meta "
+                                         rf"{meta} \('ap10k', 17 joints\): use approach top_down"):
+        build_config({**bottom_up, "dataset_meta": meta})
+    path = tmp_path / "bu.yaml"
+    path.write_text("approach: bottom_up\ndata: {input_size: [129, 129]}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: approach bottom_up takes no dataset_meta"):
+        load_config(str(path), overrides={"dataset_meta": meta})
+    with pytest.raises(ValueError, match=r"edge graph for \['coco', 'mpii'\] only .* not dataset 'onehand10k'"):
+        build_config({**bottom_up, "dataset": "onehand10k"})
+    assert build_config(bottom_up)["dataset"] == "coco"   # COCO bottom-up: unchanged

@@ -266,3 +266,16 @@ def test_compile_to_yaml_writes_kfp_pipeline_spec(tmp_path):
     component = components.load_component_from_file(str(path))
     assert set(component.component_spec.inputs) == set(kubeflow_v2_runner.PARAMETERS)
     assert component.component_spec.inputs["train_images"].default == "gs://data-bucket/coco/images/train2017"
+
+
+def test_bottom_up_with_a_dataset_meta_is_a_one_line_exit_2(shared_data, tmp_path, capsys):
+    """Issue 23: python pipeline.py --dataset-meta <meta> --approach bottom_up stops before any work,
+    with one line naming the meta and what to do instead (bottom-up knows COCO's / MPII's layouts only)."""
+    meta = os.path.join(shared_data, "crowdpose_mmpose2", "dataset_meta.json")
+    runs = tmp_path / "runs"
+    code = local_runner.main(["--dataset-meta", meta, "--approach", "bottom_up", "--coco-root", str(tmp_path),
+                              "--runs-dir", str(runs)])
+    error = capsys.readouterr().err.strip()
+    assert code == configs.EXIT_FAILED and len(error.splitlines()) == 1 and not runs.exists()
+    assert "takes no dataset_meta" in error and meta in error and "'crowdpose', 14 joints" in error
+    assert "use approach top_down" in error
