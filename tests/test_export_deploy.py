@@ -222,13 +222,14 @@ def _pseudo_gt_persons(deployed):
 
 def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path):
     from components import deploy_eval, evaluator
+    from schemas.dataset_meta import schema_for
 
     config, codec = deployed["config"], deployed["codec"]
     options = {"gt_annotations": None, "rescore_threshold": 0.2, "nms_threshold": 0.9, "soft_nms": False,
                "restrict_to_eval_images": False}
 
     def metrics_fn(persons):
-        return evaluator._direct_metrics("coco", persons, options)["metrics"]
+        return evaluator._direct_metrics(schema_for(config), persons, options)["metrics"]
 
     persons = _pseudo_gt_persons(deployed)
     reference = metrics_fn(persons)
