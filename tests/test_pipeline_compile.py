@@ -266,3 +266,21 @@ def test_compile_to_yaml_writes_kfp_pipeline_spec(tmp_path):
     component = components.load_component_from_file(str(path))
     assert set(component.component_spec.inputs) == set(kubeflow_v2_runner.PARAMETERS)
     assert component.component_spec.inputs["train_images"].default == "gs://data-bucket/coco/images/train2017"
+
+
+def test_deploy_flag_sets_exports_and_evaluation(capsys):
+    """Issue 24: --deploy all|none|<formats> sets export.formats and eval.deploy_artifacts alike; a bad one is a
+    one-line error with exit status 2 before any work."""
+    parser = local_runner.build_parser()
+    demo = ["--config", os.path.join(ROOT, "configs", "demo.yaml")]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--small-run", "--deploy", "all"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == [
+        "tflite_fp32", "tflite_fp16", "tflite_int8", "onnx"]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--deploy", "onnx,tflite_int8"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == ["onnx", "tflite_int8"]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--deploy", "none"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == []
+    assert local_runner.load_run_config(parser.parse_args([*demo, "--small-run"]))["export"]["formats"] == []
+    code = local_runner.main([*demo, "--deploy", "tflite_int4"])
+    error = capsys.readouterr().err.strip()
+    assert code == configs.EXIT_FAILED and len(error.splitlines()) == 1 and "unknown: tflite_int4" in error
