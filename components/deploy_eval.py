@@ -144,3 +144,56 @@ def evaluate_artifacts(deploy_dir: str, formats: Sequence[str], pattern: str, co
             f"{row['verdict']}{'; ' + '; '.join(row['reasons']) if row['reasons'] else ''}")
         rows.append(row)
     return rows
+
+
+SUMMARY_KEY = "deploy_artifacts"
+"""Name of the ModelBlessing custom property (a JSON value ``{"artifacts": [...]}``) holding :func:`summary_rows`."""
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def summary_rows(rows: Sequence[Mapping[str, Any]] | None) -> List[Dict[str, Any]]:
+    """The per-artifact lines of the run summary and of ML Metadata, from :func:`evaluate_artifacts` rows.
+
+    Each: ``format``, ``runtime``, ``precision``, ``metric`` (the gated metric's name), ``value`` (the
+    artifact's), ``delta`` (artifact - SavedModel), ``max_delta``, ``verdict``, ``reasons``, ``size_bytes``,
+    ``ms_per_crop``. Non-finite numbers become ``None`` (strict JSON, ML Metadata's JSON properties).
+    """
+    compact = []
+    for row in rows or []:
+        metric = row.get("primary_metric")
+        compact.append({
+            "format": row.get("format"), "runtime": row.get("runtime"), "precision": row.get("precision"),
+            "metric": metric, "value": _finite((row.get("metrics") or {}).get(metric)),
+            "delta": _finite(row.get("delta")), "max_delta": _finite(row.get("max_delta")),
+            "verdict": row.get("verdict"), "reasons": [str(reason) for reason in row.get("reasons") or []],
+            "size_bytes": _finite(row.get("size_bytes")), "ms_per_crop": _finite(row.get("ms_per_crop"))})
+    return compact
+
+
+def format_rows(rows: Sequence[Mapping[str, Any]], indent: str = "  ") -> List[str]:
+    """Printable table of :func:`summary_rows`: format, precision, metric, delta, verdict, size (MB), ms/crop."""
+    if not rows:
+        return []
+    metric = next((row.get("metric") for row in rows if row.get("metric")), "metric")
+
+    def number(value, spec, missing="-"):
+        return missing if value is None else format(value, spec)
+
+    lines = [f"{indent}{'artifact':<12} {'precision':<9} {metric:>8} {'d' + metric:>8} {'verdict':<11} "
+             f"{'size MB':>8} {'ms/crop':>8}"]
+    for row in rows:
+        size = None if row.get("size_bytes") is None else row["size_bytes"] / 1e6
+        lines.append(f"{indent}{row.get('format') or '?':<12} {row.get('precision') or '?':<9} "
+                     f"{number(row.get('value'), '8.4f'):>8} {number(row.get('delta'), '+8.4f'):>8} "
+                     f"{row.get('verdict') or '?':<11} {number(size, '8.2f'):>8} "
+                     f"{number(row.get('ms_per_crop'), '8.2f'):>8}")
+        if row.get("verdict") != BLESSED and row.get("reasons"):
+            lines.append(f"{indent}  {row.get('format')} not pushed: {'; '.join(row['reasons'])}")
+    return lines

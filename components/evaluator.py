@@ -682,7 +682,7 @@ def run_evaluator(model_dir: str, examples_dir: str, config: Mapping[str, Any], 
         deploy_dir = os.path.join(os.path.dirname(candidate_path.rstrip("/")), serving.DEPLOY_DIR)
         deploy_rows = deploy_eval.evaluate_artifacts(
             deploy_dir, deploy_formats, pattern, config, persons[tfma_metrics.CANDIDATE], direct["metrics"],
-            lambda replaced: _direct_metrics(dataset, replaced, coco_options)["metrics"], log=logger.info)
+            lambda replaced: _direct_metrics(schema, replaced, coco_options)["metrics"], log=logger.info)
     if direct["results"] is not None:
         with tf.io.gfile.GFile(os.path.join(evaluation_dir, "keypoint_results.json"), "w") as handle:
             handle.write(jsonio.dumps(direct["results"]))

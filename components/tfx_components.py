@@ -26,7 +26,10 @@ standard artifact types, so they mix with TFX's own components:
   these metrics rewritten over TFMA extracts. The blessing artifact carries the
   same custom properties as the standard Evaluator's (``blessed``,
   ``current_model``/``_id``, ``baseline_model``/``_id``), which is what TFX's
-  ``Pusher`` and ``LatestBlessedModelStrategy`` read.
+  ``Pusher`` and ``LatestBlessedModelStrategy`` read; with ``eval.deploy_artifacts`` it and the
+  ``ModelEvaluation`` also carry ``deploy_artifacts``, a JSON property ``{"artifacts": [...]}`` with
+  each LiteRT / ONNX artifact's metric, delta, verdict, size and ms/crop
+  (:func:`components.deploy_eval.summary_rows`).
 - :class:`PoseDataValidator` -> ``ExampleAnomalies``: the optional data gate
   (:mod:`components.data_validation`). TFX's ``ExampleValidator`` checks
   statistics against a schema only; this one also passes the previous run's
@@ -43,7 +46,9 @@ standard artifact types, so they mix with TFX's own components:
   a partial version. TFX's own executor copies straight into ``<base>/<unix
   time>/`` (``saved_model.pb`` last), where a push cut short leaves a partial
   variables folder under a live version name. Versions stay named by Unix time,
-  as TFX's Pusher names them.
+  as TFX's Pusher names them. The blessed deployment artifacts listed in our
+  ``blessing.json`` are pushed into the same version (``deploy/<format>/`` and
+  ``deploy/deploy_manifest.json``, :func:`components.pusher.deploy_files`).
 """
 from __future__ import annotations
 
@@ -226,6 +231,14 @@ class PoseEvaluatorExecutor(base_beam_executor.BaseBeamExecutor):
             if value is not None:
                 evaluation.set_float_custom_property(name, float(value))
                 blessing.set_float_custom_property(name, float(value))
+        if record.get("deploy_artifacts"):
+            # Each deployment artifact's numbers and verdict (components/deploy_eval.py), one JSON property:
+            # not float properties, which are the SavedModel's metrics to the run summary and the Pusher.
+            from components import deploy_eval
+
+            rows = {"artifacts": deploy_eval.summary_rows(record["deploy_artifacts"])}
+            blessing.set_json_value_custom_property(deploy_eval.SUMMARY_KEY, rows)
+            evaluation.set_json_value_custom_property(deploy_eval.SUMMARY_KEY, rows)
         if not fileio.exists(os.path.join(blessing.uri, "BLESSED" if record["blessed"] else "NOT_BLESSED")):
             raise RuntimeError(f"PoseEvaluator: run_evaluator left no verdict marker in {blessing.uri}")
 
@@ -364,6 +377,7 @@ class PosePusherExecutor(tfx_pusher_executor.Executor):
             raise NotImplementedError(f"unsupported versioning {filesystem.versioning}")
         fields: Dict[str, Any] = {"blessed": True, "run_id": self._context.pipeline_run_id or "",
                                   "metrics": {}, "baseline": None}
+        extra_files: Dict[str, str] = {}
         model = (input_dict.get(standard_component_specs.MODEL_KEY) or [None])[0]
         if model is not None:
             fields["model_artifact_id"] = model.id
@@ -376,10 +390,15 @@ class PosePusherExecutor(tfx_pusher_executor.Executor):
                 record = blessing_lib.read_blessing(blessing.uri)
                 fields["metrics"] = dict(record.get("metrics") or {})
                 fields["baseline"] = record.get("baseline")
+                # The blessed deployment artifacts go into the same version (deploy/ + deploy_manifest.json);
+                # refused ones are named in the record's deploy_refused and not pushed.
+                extra_files, deploy_fields = pusher.deploy_files(record.get("deploy_artifacts") or [])
+                fields.update(deploy_fields)
             except blessing_lib.BlessingError:  # TFX's own Evaluator: the verdict is on the artifact only
                 fields["metrics"] = {name: value for name, value in
                                      ((key, blessing.get_custom_property(key)) for key in blessing.mlmd_artifact.custom_properties)
                                      if isinstance(value, float)}
-        record = pusher.publish(model_path, filesystem.base_directory, fields, min_version=int(time.time()))
+        record = pusher.publish(model_path, filesystem.base_directory, fields, min_version=int(time.time()),
+                                extra_files=extra_files)
         io_utils.copy_dir(model_path, model_push.uri)  # the PushedModel's own copy, as TFX's executor keeps
         self._MarkPushed(model_push, pushed_destination=record["path"], pushed_version=str(record["version"]))

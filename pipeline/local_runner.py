@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="value gate, e.g. AP=0.8 (repeatable; replaces the config's bound for that metric)")
     parser.add_argument("--max-drop", action="append", default=[], metavar="METRIC=DROP",
                         help="change gate against the latest blessed model, e.g. AP=0.01 (repeatable)")
+    parser.add_argument("--deploy", default=None, metavar="FORMATS",
+                        help="deployment artifacts to export, evaluate and push beside the SavedModel: 'all', "
+                             "'none' or a comma-separated subset of tflite_fp32,tflite_fp16,tflite_int8,onnx "
+                             "(sets export.formats and eval.deploy_artifacts; default: the config's)")
     parser.add_argument("--data-validation", action="store_true",
                         help="add the data gate: TFDV statistics of box area, box score and labelled joints, "
                              "checked against schemas/data_gate.pbtxt and the previous run's statistics; "
@@ -168,6 +172,31 @@ def default_config_path(data: str, approach: str = "top_down") -> str:
     return os.path.join(REPO_ROOT, path)
 
 
+def deploy_overrides(flag: str | None) -> Dict[str, Any] | None:
+    """``--deploy`` as config overrides: the same formats for ``export.formats`` and ``eval.deploy_artifacts``.
+
+    ``None`` (flag absent): no override; ``all``: :data:`schemas.serving.DEPLOY_FORMATS`; ``none``: no artifact.
+
+    Raises:
+        ValueError: an unknown or repeated format (named, with the choices).
+    """
+    from schemas.serving import DEPLOY_FORMATS
+
+    if flag is None:
+        return None
+    if flag.strip() == "all":
+        formats = list(DEPLOY_FORMATS)
+    elif flag.strip() == "none":
+        formats = []
+    else:
+        formats = [name.strip() for name in flag.split(",") if name.strip()]
+    unknown = [name for name in formats if name not in DEPLOY_FORMATS]
+    if unknown or len(set(formats)) != len(formats):
+        raise ValueError(f"--deploy {flag!r}: give 'all', 'none' or distinct formats from {', '.join(DEPLOY_FORMATS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else " (a format is repeated)"))
+    return {"export": {"formats": formats}, "eval": {"deploy_artifacts": formats}}
+
+
 def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
     """Loads the experiment config and applies the gate thresholds (defaults, then flags).
 
@@ -182,7 +211,11 @@ def load_run_config(args: argparse.Namespace) -> Dict[str, Any]:
         resolve_data_flag(args)
     path = args.config or default_config_path(args.data, args.approach or "top_down")
     meta_path = getattr(args, "dataset_meta", None)
-    config = load_config(path, small_run=args.small_run, overrides={"dataset_meta": meta_path} if meta_path else None)
+    overrides: Dict[str, Any] = {"dataset_meta": meta_path} if meta_path else {}
+    deploy = deploy_overrides(getattr(args, "deploy", None))
+    if deploy:
+        overrides.update(deploy)
+    config = load_config(path, small_run=args.small_run, overrides=overrides or None)
     if args.data is None:   # a config naming a dataset meta reads COCO-format files
         args.data = "coco" if config.get("dataset_meta") is not None else "synthetic"
     if args.approach and config.get("approach", "top_down") != args.approach:

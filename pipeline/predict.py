@@ -2,12 +2,16 @@
 
 Command line::
 
-    python -m pipeline.predict --model <model dir | SavedModel dir | push destination | pushed version> \\
+    python -m pipeline.predict --model <model dir | SavedModel dir | push destination | pushed version
+                                       | model.tflite | model.onnx> \\
         --images <folder | image file | video file> [--det-file <COCO detections json>] \\
         [--det-score-threshold T] [--detector <SavedModel dir>] [--smooth] \\
         [--config <yaml>] [--draw-threshold 0.2] --out <dir>
 
-Every prediction comes from the SavedModel's ``predict_image`` signature
+A LiteRT or ONNX deployment artifact (``--model .../model.tflite | model.onnx``, :mod:`trainer.export_deploy`)
+runs through :mod:`pipeline.predict_deploy` with the same box rule, crop and rescoring, so the results file
+and overlays are the SavedModel's within the artifact's accuracy. Otherwise every prediction comes from the
+SavedModel's ``predict_image`` signature
 (:mod:`schemas.serving`; box rule, crop, flip test and DARK decoding in the
 graph), called once per image with all of that image's boxes; nothing is
 decoded in Python. A bottom-up model's ``predict_image`` takes the image
@@ -827,10 +831,16 @@ def predict(model_path: str, images: str, out: str, det_file: str | None = None,
                 "min_cutoff": smoothing.DEFAULT_MIN_CUTOFF if smooth_min_cutoff is None else float(smooth_min_cutoff),
                 "beta": smoothing.DEFAULT_BETA if smooth_beta is None else float(smooth_beta)}
     smoothing.TrackSmoother(DEFAULT_FPS, tracking["min_cutoff"], tracking["beta"])   # checks the parameters
-    saved_model_dir, found_as = resolve_model(model_path)
+    from pipeline import predict_deploy
     from schemas import dataset_meta
 
-    model = load_model(saved_model_dir, dataset_meta.schema_for(config) if config else None)
+    if predict_deploy.is_artifact(model_path):   # LiteRT / ONNX: the same crop rule, run by its own runtime
+        model = predict_deploy.load(model_path, dataset_meta.schema_for(config) if config else None,
+                                    float(config["data"]["padding"]) if config else None)
+        saved_model_dir, found_as = model_path, f"deployment artifact ({model.runner.spec.get('format')})"
+    else:
+        saved_model_dir, found_as = resolve_model(model_path)
+        model = load_model(saved_model_dir, dataset_meta.schema_for(config) if config else None)
     if model.box_free and (det_file or detector):
         raise ValueError(f"--model {model_path}: a bottom-up (box-free) model finds the people itself; "
                          f"{'--det-file' if det_file else '--detector'} gives boxes to top-down models only")
@@ -938,7 +948,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True,
                         help="Trainer model dir (with Format-Serving/), a SavedModel dir, a pushed version, "
-                             "or a push destination (its newest blessed version)")
+                             "a push destination (its newest blessed version), or a deployment artifact "
+                             "model.tflite / model.onnx (with its deploy.json)")
     parser.add_argument("--images", required=True, help="folder of JPEG/PNG images (recursive), one image, "
                                                         "or a video file")
     parser.add_argument("--out", required=True, help="output folder: keypoint_results.json, overlays/ or "

@@ -3,8 +3,10 @@
 :func:`run_record` reads one pipeline run (a ``pipeline_run`` context, by name) from the
 MLMD store: every node's execution, state (``COMPLETE``, ``CACHED``, ``FAILED``)
 and input/output artifacts with their properties. :func:`summarise` turns it
-into the run's verdict, metrics, baseline, pushed path and the lineage of the
-model (which Examples, which Trainer execution); :func:`format_summary` prints it.
+into the run's verdict, metrics, baseline, pushed path, the lineage of the
+model (which Examples, which Trainer execution) and one row per deployment artifact
+(LiteRT / ONNX: format, precision, metric, delta, verdict, size, ms/crop, pushed; from the
+blessing's ``deploy_artifacts`` property); :func:`format_summary` prints it.
 """
 from __future__ import annotations
 
@@ -151,8 +153,16 @@ def summarise(record: Mapping[str, Any]) -> Dict[str, Any]:
     if blessing:
         metrics = {name: value for name, value in blessing["properties"].items()
                    if isinstance(value, float)}
+    from components import deploy_eval   # (imports TensorFlow: only when a summary is built)
+
+    deploy = []
+    if blessing:
+        deploy = list((blessing["properties"].get(deploy_eval.SUMMARY_KEY) or {}).get("artifacts") or [])
+        for row in deploy:   # pushed beside the SavedModel iff blessed itself and the SavedModel was pushed
+            row["pushed"] = bool(is_pushed and row.get("verdict") == deploy_eval.BLESSED)
     return {
         "run": record["run"], "verdict": verdict, "failed": failed,
+        "deploy_artifacts": deploy,
         "stages": {node: {"state": entry["state"], "wall_s": entry["wall_s"]} for node, entry in nodes.items()},
         "metrics": metrics,
         "baseline": baseline and {"model_id": baseline["id"], "uri": baseline["uri"],
@@ -182,6 +192,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             lines.append(f"  {name:<10} {value:8.4f} {baseline_metrics[name]:9.4f} {value - baseline_metrics[name]:+8.4f}")
         else:
             lines.append(f"  {name:<10} {value:.4f}")
+    deploy = summary.get("deploy_artifacts") or []
+    if deploy:
+        from components import deploy_eval
+
+        lines.append("  deployment artifacts (each run by its own runtime on the eval split, gated vs the SavedModel):")
+        lines += deploy_eval.format_rows(deploy, indent="    ")
     lineage = summary["lineage"]
     if lineage.get("examples"):
         cached = " (reused from the cache)" if lineage["examples"]["cached"] else ""

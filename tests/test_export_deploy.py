@@ -222,13 +222,14 @@ def _pseudo_gt_persons(deployed):
 
 def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path):
     from components import deploy_eval, evaluator
+    from schemas.dataset_meta import schema_for
 
     config, codec = deployed["config"], deployed["codec"]
     options = {"gt_annotations": None, "rescore_threshold": 0.2, "nms_threshold": 0.9, "soft_nms": False,
                "restrict_to_eval_images": False}
 
     def metrics_fn(persons):
-        return evaluator._direct_metrics("coco", persons, options)["metrics"]
+        return evaluator._direct_metrics(schema_for(config), persons, options)["metrics"]
 
     persons = _pseudo_gt_persons(deployed)
     reference = metrics_fn(persons)
@@ -272,3 +273,56 @@ def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path)
         assert entry["input"]["name"] == "images" and entry["metrics"]["AP"] > 0.99
     assert [entry["format"] for entry in record["deploy_refused"]] == ["tflite_int8", "tflite_int8"]
     assert not (version / "deploy" / "tflite_int8").exists()
+
+
+def _matched_errors(reference, results):
+    """Largest keypoint distance (px) from each result to the reference result of its image closest to it."""
+    errors = []
+    for result in results:
+        mine = np.asarray(result["keypoints"], np.float64).reshape(-1, 3)
+        candidates = [np.asarray(r["keypoints"], np.float64).reshape(-1, 3) for r in reference
+                      if r["image_id"] == result["image_id"]]
+        assert candidates, result["image_id"]
+        errors.append(min(np.linalg.norm(mine[:, :2] - other[:, :2], axis=-1).max() for other in candidates))
+    return np.asarray(errors)
+
+
+@pytest.mark.parametrize("name", ["tflite_fp32", "onnx"])
+def test_predict_with_artifact_matches_saved_model(deployed, shared_data, tmp_path, name):
+    """pipeline.predict --model model.tflite | model.onnx: same boxes, crops, rescoring and NMS as with the
+    SavedModel (COCO val images, the detector boxes of the mmpose samples): same people, keypoints within 0.05 px."""
+    from pipeline import predict
+
+    val = os.path.join(shared_data, "coco_val2017_mmpose4")
+    images, det_file = os.path.join(val, "images"), os.path.join(val, "person_detection_results_AP_H_56.json")
+    config = deployed["config"]
+    saved = predict.predict(str(deployed["directory"] / serving.SAVED_MODEL_DIR), images, str(tmp_path / "saved"),
+                            det_file=det_file, det_score_threshold=0.3, config=config)
+    code = predict.main(["--model", deployed["written"][name], "--images", images, "--out", str(tmp_path / name),
+                         "--det-file", det_file, "--det-score-threshold", "0.3"])
+    assert code == 0
+    load = lambda folder, file: json.load(open(os.path.join(tmp_path, folder, file)))   # noqa: E731
+    reference, results = load("saved", predict.RESULTS_FILE), load(name, predict.RESULTS_FILE)
+    summary = load(name, predict.SUMMARY_FILE)
+    assert saved["people"] >= 4 and summary["people"] == saved["people"] == len(results) == len(reference)
+    assert summary["skipped"] == saved["skipped"] and summary["model_found_as"].startswith("deployment artifact")
+    assert sorted(r["image_id"] for r in results) == sorted(r["image_id"] for r in reference)
+    errors = _matched_errors(reference, results)
+    print(f"predict {name}: max keypoint error vs SavedModel {errors.max():.2e} px over {len(results)} people")
+    assert errors.max() <= FLOAT32_BOUND
+    np.testing.assert_allclose(sorted(r["score"] for r in results), sorted(r["score"] for r in reference), atol=1e-3)
+    assert sorted(os.listdir(tmp_path / name / predict.OVERLAY_DIR)) == \
+        sorted(os.listdir(tmp_path / "saved" / predict.OVERLAY_DIR))
+
+
+def test_predict_refuses_an_artifact_without_its_spec(deployed, shared_data, tmp_path, capsys):
+    import shutil
+
+    from pipeline import predict
+
+    bare = tmp_path / "model.onnx"
+    shutil.copy(deployed["written"]["onnx"], bare)
+    code = predict.main(["--model", str(bare), "--images", os.path.join(shared_data, "coco_val2017_mmpose4", "images"),
+                         "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and "no deploy.json" in error and str(bare) in error

@@ -203,7 +203,8 @@ def parity(tmp_path_factory):
     directory = tmp_path_factory.mktemp("precision")
     info = generate_dataset(str(directory / "data"), SyntheticSpec(num_train_images=200))
     config = load_config(os.path.join(ROOT, "configs", "demo.yaml"),
-                         overrides={"train": {"learning_rate": 0.003}})
+                         overrides={"train": {"learning_rate": 0.003},
+                                    "export": {"formats": []}})   # the demo's LiteRT / ONNX exports: not timed here
     codec = HeatmapCodec.from_config(config)
     paths = info["paths"]
     train = coco_person_records(paths["train_annotations"], paths["train_images"], config, codec)

@@ -279,3 +279,21 @@ def test_bottom_up_with_a_dataset_meta_is_a_one_line_exit_2(shared_data, tmp_pat
     assert code == configs.EXIT_FAILED and len(error.splitlines()) == 1 and not runs.exists()
     assert "takes no dataset_meta" in error and meta in error and "'crowdpose', 14 joints" in error
     assert "use approach top_down" in error
+
+
+def test_deploy_flag_sets_exports_and_evaluation(capsys):
+    """Issue 24: --deploy all|none|<formats> sets export.formats and eval.deploy_artifacts alike; a bad one is a
+    one-line error with exit status 2 before any work."""
+    parser = local_runner.build_parser()
+    demo = ["--config", os.path.join(ROOT, "configs", "demo.yaml")]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--small-run", "--deploy", "all"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == [
+        "tflite_fp32", "tflite_fp16", "tflite_int8", "onnx"]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--deploy", "onnx,tflite_int8"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == ["onnx", "tflite_int8"]
+    config = local_runner.load_run_config(parser.parse_args([*demo, "--deploy", "none"]))
+    assert config["export"]["formats"] == config["eval"]["deploy_artifacts"] == []
+    assert local_runner.load_run_config(parser.parse_args([*demo, "--small-run"]))["export"]["formats"] == []
+    code = local_runner.main([*demo, "--deploy", "tflite_int4"])
+    error = capsys.readouterr().err.strip()
+    assert code == configs.EXIT_FAILED and len(error.splitlines()) == 1 and "unknown: tflite_int4" in error

@@ -70,7 +70,8 @@ def mlmd_record(runs):
 
 @pytest.fixture(scope="module")
 def first_run(workspace):
-    code, output = run_pipeline(workspace, *GATED, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3")
+    code, output = run_pipeline(workspace, *GATED, "--run-id", "first", "--threshold", "AP=0", "--max-steps", "3",
+                                "--deploy", "all")
     return code, output, mlmd_record(workspace[0])
 
 
@@ -143,6 +144,54 @@ def test_first_run_blessed_pushed_and_recorded_in_mlmd(workspace, first_run):
     assert index["lineage"]["examples"]["id"] == examples["id"]
     assert "AP" in index["metrics"]
     assert index["data_gate"]["passed"] is True and "data gate: passed" in output
+    _check_deploy_artifacts(runs, index, blessing, push_record, output)
+
+
+def _check_deploy_artifacts(runs, index, blessing, push_record, output):
+    """Issue 24 through TFX (--deploy all): the Trainer exported every LiteRT / ONNX artifact, the PoseEvaluator
+    (run_evaluator) scored each by its own runtime on the eval split and gated it against the SavedModel, ML
+    Metadata and the run summary show each one's numbers and verdict, and the Pusher put exactly the blessed
+    ones (with deploy_manifest.json) into the SavedModel's committed version."""
+    from components.pusher import _sha256
+    from schemas import serving
+
+    formats = list(serving.DEPLOY_FORMATS)
+    with open(os.path.join(blessing["uri"], "blessing.json")) as handle:
+        rows = json.load(handle)["deploy_artifacts"]
+    assert [row["format"] for row in rows] == formats
+    for row in rows:
+        assert row["metrics"] and "AR" in row["metrics"], row     # the full table, from the artifact's own run
+        assert row["delta"] == pytest.approx(row["metrics"]["AP"] - index["metrics"]["AP"], abs=1e-9)
+        assert row["verdict"] == ("BLESSED" if abs(row["delta"]) <= row["max_delta"] else "NOT_BLESSED")
+    # ML Metadata: one JSON property on the blessing, not float properties (those are the SavedModel's metrics).
+    recorded = blessing["properties"]["deploy_artifacts"]["artifacts"]
+    assert [(r["format"], r["verdict"]) for r in recorded] == [(r["format"], r["verdict"]) for r in rows]
+    assert not any(name.startswith(tuple(formats)) for name in index["metrics"])
+    # The run summary: one row per artifact, in index.json and printed.
+    assert [r["format"] for r in index["deploy_artifacts"]] == formats
+    for row, summary_row in zip(rows, index["deploy_artifacts"]):
+        assert summary_row["value"] == pytest.approx(row["metrics"]["AP"])
+        assert summary_row["size_bytes"] > 0 and summary_row["ms_per_crop"] > 0
+        assert summary_row["pushed"] is (row["verdict"] == "BLESSED")
+        assert any(line.split()[:2] == [row["format"], row["precision"]] and row["verdict"] in line.split()
+                   for line in output.splitlines()), row["format"]
+    # The pushed version: the SavedModel plus exactly the blessed artifacts, each with its spec and hash.
+    blessed = [row["format"] for row in rows if row["verdict"] == "BLESSED"]
+    refused = [row["format"] for row in rows if row["verdict"] != "BLESSED"]
+    assert blessed, "no artifact blessed: the push of deployment artifacts is not exercised"
+    version_dir = index["pushed_path"]
+    assert sorted(os.listdir(os.path.join(version_dir, "deploy"))) == sorted(blessed + [serving.DEPLOY_MANIFEST_FILE])
+    with open(os.path.join(version_dir, "deploy", serving.DEPLOY_MANIFEST_FILE)) as handle:
+        manifest = json.load(handle)
+    assert [entry["format"] for entry in manifest["artifacts"]] == blessed
+    assert [entry["format"] for entry in manifest["refused"]] == refused
+    for entry, row in zip(manifest["artifacts"], [row for row in rows if row["verdict"] == "BLESSED"]):
+        pushed_file = os.path.join(version_dir, entry["file"])
+        assert entry["sha256"] == _sha256(pushed_file) == _sha256(row["path"])
+        assert os.path.exists(os.path.join(os.path.dirname(pushed_file), serving.DEPLOY_SPEC_FILE))
+        assert entry["metrics"]["AP"] == pytest.approx(row["metrics"]["AP"]) and entry["input"]["name"] == "images"
+    assert [entry["format"] for entry in push_record["deploy_artifacts"]] == blessed
+    assert [entry["format"] for entry in push_record["deploy_refused"]] == refused
 
 
 def test_second_run_reuses_examples_and_gates_against_the_first_model(workspace, first_run, second_run):

@@ -354,18 +354,46 @@ def convert_tflite(deploy_model, precision: str, calibration: np.ndarray | None 
     return model_bytes
 
 
+def _rename_onnx_tensors(proto, names: Mapping[str, str]) -> None:
+    """Renames tensors (graph inputs / outputs and every node reference) of an ONNX ``proto`` in place."""
+    for node in proto.graph.node:
+        for index, name in enumerate(node.input):
+            if name in names:
+                node.input[index] = names[name]
+        for index, name in enumerate(node.output):
+            if name in names:
+                node.output[index] = names[name]
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        if value.name in names:
+            value.name = names[value.name]
+
+
 def convert_onnx(deploy_model, opset: int) -> bytes:
-    """ONNX model of ``deploy_model`` (``tf2onnx.convert.from_function``, dynamic batch) at ``opset``.
+    """ONNX model of ``deploy_model`` (frozen, ``tf2onnx.convert.from_graph_def``, dynamic batch) at ``opset``.
 
     Raises:
         DeployExportError: a node outside ONNX's default domain (a custom or contrib op).
     """
     import tf2onnx
 
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     height, width = (int(v) for v in deploy_model.input_shape[1:3])
-    spec = [tf.TensorSpec([None, height, width, 3], tf.float32, name=serving.INPUT_IMAGES)]
+    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name=serving.INPUT_IMAGES)
     function = tf.function(lambda images: deploy_model(images, training=False))
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=int(opset))
+    # Frozen first: variables *and* captured constant tensors (Keras 3's Normalization keeps its mean and
+    # variance as captured tensors, which tf2onnx.convert.from_function would leave as model inputs).
+    concrete = function.get_concrete_function(spec)
+    frozen = convert_variables_to_constants_v2(concrete)
+    outputs = {name: tensor.name for name, tensor in concrete.structured_outputs.items()}
+    input_name = frozen.inputs[0].name
+    proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[input_name],
+                                              output_names=sorted(outputs.values()), opset=int(opset))
+    _rename_onnx_tensors(proto, {input_name: serving.INPUT_IMAGES,
+                                 **{tensor: name for name, tensor in outputs.items()}})
+    if len(proto.graph.input) != 1:
+        raise DeployExportError(f"onnx: inputs {[i.name for i in proto.graph.input]}, expected only "
+                                f"{serving.INPUT_IMAGES!r} (an unfrozen capture)")
     foreign = sorted({f"{node.domain}:{node.op_type}" for node in proto.graph.node
                       if node.domain not in ("", "ai.onnx")})
     if foreign:
@@ -403,6 +431,10 @@ def artifact_spec(name: str, config: Mapping[str, Any], codec: HeatmapCodec, ops
                    "compute_dtype": "float32"},
         "flip_test": bool(config["eval"]["flip_test"]),
         "dataset": config["dataset"],
+        "dataset_meta": schema_for(config).to_meta(),
+        # The crop rule of ExampleGen and of the SavedModel's predict_image (pipeline.predict_deploy uses it).
+        "padding": float(config["data"]["padding"]),
+        "clip_boxes": config["dataset"] != "mpii",
         "input_size": [height, width],
         "heatmap_size": [hm_h, hm_w],
     }
