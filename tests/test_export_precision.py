@@ -42,7 +42,8 @@ def no_native_bfloat16(monkeypatch, tmp_path):
 # -- config -------------------------------------------------------------------------------------
 
 def test_config_export_section():
-    assert build_config({})["export"] == {"precision": "float32", "force_precision": False}
+    assert build_config({})["export"] == {"precision": "float32", "force_precision": False, "formats": [],
+                                          "onnx_opset": 17, "calibration_crops": 128}
     assert build_config({"export": {"precision": "bfloat16"}})["export"]["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="export.precision must be one of"):
         build_config({"export": {"precision": "float16"}})
