@@ -40,14 +40,32 @@ def max_deltas(config: Mapping[str, Any]) -> Dict[str, float]:
                                                             or {}).items()}}
 
 
+PersonKey = Tuple[int, int, Tuple[float, ...]]
+
+
+def person_key(image_id: Any, annotation_id: Any, center: Any, scale: Any) -> PersonKey:
+    """The identity of one eval crop: image id, annotation id and its window (center, scale in pixels).
+
+    Detector-box crops all have annotation id -1, so ``(image_id, annotation_id)`` alone does not tell
+    an image's crops apart; the window does. Both sides read the window from the same float32 record
+    values, rounded here to 1e-3 px.
+    """
+    window = np.round(np.concatenate([np.ravel(center), np.ravel(scale)]).astype(np.float32).astype(np.float64), 3)
+    return int(image_id), int(annotation_id), tuple(float(v) for v in window)
+
+
 def artifact_predictions(model_path: str, pattern: str, num_joints: int, input_size: Sequence[int],
                          batch_size: int = 32, threads: int | None = None
-                         ) -> Tuple[Dict[Tuple[int, int], np.ndarray], float]:
+                         ) -> Tuple[Dict[PersonKey, np.ndarray], float]:
     """Runs one artifact on every record of ``pattern``.
 
     Returns:
-        ``({(image_id, annotation_id): (K, 3) float64 [x, y image pixels, score]}, ms per crop)``
-        (the timing covers the runtime's calls only).
+        ``({person_key: (K, 3) float64 [x, y image pixels, score]}, ms per crop)``
+        (:func:`person_key`; the timing covers the runtime's calls only).
+
+    Raises:
+        ValueError: two records with the same key (the same crop twice: the artifact's predictions could
+            not be told apart).
     """
     runner = DeployRunner(model_path, threads=threads)
     files = sorted(tf.io.gfile.glob(pattern))
@@ -64,17 +82,25 @@ def artifact_predictions(model_path: str, pattern: str, num_joints: int, input_s
         keypoints = coordinates.crop_to_image(outputs[serving.OUTPUT_KEYPOINTS_CROP], parsed["bbox/center"].numpy(),
                                               parsed["bbox/scale"].numpy(), input_size)
         rows = np.concatenate([keypoints, outputs[serving.OUTPUT_SCORES][..., None].astype(np.float64)], axis=-1)
-        for image_id, annotation_id, row in zip(parsed["image/id"].numpy(), parsed["annotation/id"].numpy(), rows):
-            predictions[(int(image_id), int(annotation_id))] = row
+        for image_id, annotation_id, center, scale, row in zip(
+                parsed["image/id"].numpy(), parsed["annotation/id"].numpy(), parsed["bbox/center"].numpy(),
+                parsed["bbox/scale"].numpy(), rows):
+            key = person_key(image_id, annotation_id, center, scale)
+            if key in predictions:
+                raise ValueError(f"{pattern}: two eval records of image {key[0]}, annotation {key[1]} with the same "
+                                 f"window {key[2]}: the artifact's predictions cannot be matched to the persons")
+            predictions[key] = row
     return predictions, 1000.0 * seconds / max(crops_run, 1)
 
 
-def persons_with(persons: Sequence[Mapping[str, Any]], predictions: Mapping[Tuple[int, int], np.ndarray]
+def persons_with(persons: Sequence[Mapping[str, Any]], predictions: Mapping[PersonKey, np.ndarray]
                  ) -> Tuple[List[Dict[str, Any]], int]:
-    """The SavedModel's joined persons with their ``prediction`` replaced by the artifact's; and how many lacked one."""
+    """The SavedModel's joined persons with their ``prediction`` replaced by the artifact's (matched by
+    :func:`person_key`); and how many lacked one."""
     replaced, missing = [], 0
     for person in persons:
-        row = predictions.get((int(person["image_id"]), int(person["annotation_id"])))
+        row = predictions.get(person_key(person["image_id"], person["annotation_id"], person["center"],
+                                         person["scale"]))
         if row is None or not np.all(np.isfinite(row)):
             missing += 1
             continue

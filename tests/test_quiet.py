@@ -31,6 +31,23 @@ NOISE_LINES.append("To enable the following instructions: AVX2 AVX512F FMA, in o
                    "with the appropriate compiler flags.")
 
 
+def test_deprecation_notices_are_dropped_as_whole_records():
+    import logging
+
+    notices = quiet._LibraryNotices()
+
+    def record(message):
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not notices.filter(record(
+        "From tf_loader.py:164: convert_variables_to_constants (from tensorflow.python.framework."
+        "convert_to_constants) is deprecated and will be removed in a future version.\nInstructions for updating:\n"
+        "This API was designed for TensorFlow v1."))
+    assert not notices.filter(record("Tensorflow version (2.21.0) found. Note that TFMA support for TF 2.0 is "
+                                     "currently in beta"))
+    assert notices.filter(record("Trainer: loss is NaN at step 40"))
+
+
 def test_noise_patterns():
     assert all(quiet.is_noise(line) for line in NOISE_LINES)
     assert not any(quiet.is_noise(line) for line in KEPT_LINES)

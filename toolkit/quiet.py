@@ -9,12 +9,14 @@ gone. None of it concerns the run, and a newcomer reads the ``E`` line as a fail
 :func:`install` filters the process's standard error at the file-descriptor level (fd 2), so lines
 written by C++ libraries, Python's ``warnings``/``logging`` and child processes that inherit fd 2 all
 pass through one line filter: a line matching :data:`NOISE` is dropped, every other line is written
-unchanged, in order. Nothing is filtered when ``DARKPOSE_DEBUG`` is set to a non-empty value other
+unchanged, in order. TensorFlow's multi-line deprecation notices (about TF1 APIs that TFX, TFMA and
+tf2onnx call) are dropped as whole records from the ``tensorflow`` / ``absl`` loggers. Nothing is filtered when ``DARKPOSE_DEBUG`` is set to a non-empty value other
 than ``0``.
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -44,10 +46,30 @@ NOISE: Tuple[Pattern[str], ...] = (
     # component with its inputs and CheckBlessing, and swaps only the executor, which is what this
     # deprecated argument is for; TFX's suggested alternative is a whole custom component).
     re.compile(r"`custom_executor_spec` is deprecated"),
+    # TFMA's note on TF 2.x, printed at every Evaluator start.
+    re.compile(r"Note that TFMA support for TF 2\.0 is currently in beta"),
+    # TensorFlow C++: a CPU without AVX-512 falls back to Eigen for boolean ops (logged at ERROR level).
+    re.compile(_ABSL_CPP + r"oneDNN supports DT_BOOL only on platforms with AVX-512"),
+    # The LiteRT converter's C++ side (int8 calibration) and interpreter start-up.
+    re.compile(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$"),
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
 )
 """Lines dropped from standard error (each pattern searched anywhere in the line)."""
 
+DEPRECATION_MESSAGE = re.compile(r" is deprecated and will be removed in a future version")
+"""TensorFlow's deprecation notices (one log record of several lines: the call, ``Instructions for
+updating:`` and the advice), about TF1 APIs that TFX, TFMA and tf2onnx call themselves."""
+
 _state: dict = {}
+
+
+class _LibraryNotices(logging.Filter):
+    """Drops, from the ``tensorflow`` and ``absl`` loggers, the records :data:`NOISE` or
+    :data:`DEPRECATION_MESSAGE` match (whole multi-line records, which the line filter cannot see as one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (DEPRECATION_MESSAGE.search(message) or is_noise(message.split("\n", 1)[0]))
 
 
 def is_noise(line: str) -> bool:
@@ -91,6 +113,9 @@ def install() -> bool:
         return False
     # Python warnings print the caller's source line under the message: drop both at the source.
     warnings.filterwarnings("ignore", message=r".*filter_query has been removed.*ZetaSQL")
+    notices = _LibraryNotices()
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).addFilter(notices)
     try:
         original = os.dup(2)
     except OSError:

@@ -51,7 +51,10 @@ Re-export: ``python -m trainer.export_deploy --keras-model <model.keras> --confi
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
@@ -451,6 +454,31 @@ def _input_quantization(model_bytes: bytes):
     return detail["quantization"]
 
 
+@contextlib.contextmanager
+def _converter_chatter_off():
+    """Keeps the converters' chatter out of the default output (``DARKPOSE_DEBUG=1`` shows it).
+
+    Keras' export prints every endpoint and captured tensor to stdout, the LiteRT converter and tf2onnx
+    warn about TF1 APIs they call themselves (``convert_variables_to_constants``, ``tf.lite.Interpreter``,
+    quantization statistics); none of it concerns the artifact, whose problems raise
+    :class:`DeployExportError` or a converter error.
+    """
+    from toolkit import quiet
+
+    if quiet.debug_enabled():
+        yield
+        return
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_deploy_artifacts(model, config: Mapping[str, Any], codec: HeatmapCodec, deploy_dir: str,
                             train_files: str | Sequence[str] | None = None,
                             formats: Sequence[str] | None = None, log: Callable[[str], None] = print,
@@ -486,7 +514,8 @@ def export_deploy_artifacts(model, config: Mapping[str, Any], codec: HeatmapCode
         runtime, precision, file_name = serving.DEPLOY_FORMAT_INFO[name]
         quantization = None
         if runtime == "onnxruntime":
-            data = convert_onnx(deploy_model, opset)
+            with _converter_chatter_off():
+                data = convert_onnx(deploy_model, opset)
         else:
             crops = None
             if precision == "int8":
@@ -495,7 +524,8 @@ def export_deploy_artifacts(model, config: Mapping[str, Any], codec: HeatmapCode
                     if train_files is None:
                         raise ValueError("tflite_int8 needs the train Examples to calibrate on")
                     crops = calibration_crops(train_files, config, int(section.get("calibration_crops", 128)))
-            data = convert_tflite(deploy_model, precision, crops)
+            with _converter_chatter_off():
+                data = convert_tflite(deploy_model, precision, crops)
             if precision == "int8":
                 quantization = _input_quantization(data)
         folder = f"{deploy_dir.rstrip('/')}/{name}"
