@@ -526,8 +526,8 @@ def export_deploy_artifacts(model, config: Mapping[str, Any], codec: HeatmapCode
                     crops = calibration_crops(train_files, config, int(section.get("calibration_crops", 128)))
             with _converter_chatter_off():
                 data = convert_tflite(deploy_model, precision, crops)
-            if precision == "int8":
-                quantization = _input_quantization(data)
+                if precision == "int8":
+                    quantization = _input_quantization(data)
         folder = f"{deploy_dir.rstrip('/')}/{name}"
         tf.io.gfile.makedirs(folder)
         path = f"{folder}/{file_name}"
