@@ -39,6 +39,8 @@ bench: install
 	$(PY) bench/models.py
 	$(PY) bench/bottom_up.py
 	$(PY) bench/serve.py
+	$(PY) bench/deploy.py
+	$(PY) bench/people.py
 
 clean:
 	rm -rf $(VENV) $(SHIM) build *.egg-info .pytest_cache
