@@ -155,21 +155,14 @@ def time_anchor(path: str, size, runs: int) -> dict:
 
 def bench_model(name: str, config, directory: str, runs: int, keras_path: str | None, log) -> dict:
     """Exports ``name`` (SavedModel + every artifact, flip test off) and times each; ``{row: {(b, t): ms}}``."""
-    import keras
-
+    from bench.timing import load_or_build_model
     from pose.codec import HeatmapCodec
     from schemas import serving
     from trainer import export, export_deploy
-    from trainer.models import build_model, get_builder
 
     config = dict(config, eval=dict(config["eval"], flip_test=False))
     size = tuple(config["data"]["input_size"])
-    keras.utils.set_random_seed(0)
-    if keras_path:
-        get_builder(config["model"]["name"])
-        model = keras.models.load_model(keras_path)
-    else:
-        model = build_model(config)
+    model = load_or_build_model(config, keras_path)
     codec = HeatmapCodec.from_config(config)
     rows = {}
     precisions = ["float32"] + (["bfloat16"] if export.bfloat16_support()[0] else [])

@@ -42,10 +42,8 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +54,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.timing import interleaved_median_seconds  # noqa: E402
 from pipeline.synthetic import draw_figure, sample_pose  # noqa: E402
 from pose import bottom_up_codec, coordinates  # noqa: E402
 from pose.codec import HeatmapCodec  # noqa: E402
@@ -126,15 +125,7 @@ class PlusTargets(keras.layers.Layer):
 
 def _median_ms(functions, runs):
     """``{name: median ms}`` of calls made in turn after one warm-up call each."""
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: seconds * 1e3 for name, seconds in interleaved_median_seconds(functions, runs).items()}
 
 
 def main(argv=None) -> None:

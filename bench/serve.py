@@ -51,11 +51,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.timing import interleaved_median_seconds, load_or_build_model  # noqa: E402
 from pose.codec import HeatmapCodec  # noqa: E402
 from pose.config import load_config  # noqa: E402
 from schemas import serving  # noqa: E402
 from trainer import export  # noqa: E402
-from trainer.models import build_model, get_builder  # noqa: E402
 
 BATCH_SIZE = 8
 BOX_COUNTS = (1, 5, 20)
@@ -72,22 +72,6 @@ def _median_seconds(function, runs: int) -> float:
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _interleaved_median_seconds(functions, runs: int):
-    """``{name: median seconds}`` of calls made in turn (a, b, c, a, b, c, ...), after one warm-up call each.
-
-    Taking turns gives every function the same share of a machine shared with other work.
-    """
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(runs):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _image_and_boxes(coco_dir: str):
@@ -146,19 +130,14 @@ def bench_model(name: str, config, precisions, runs: int, image: bytes, boxes: n
         ``({precision: figures}, torch ms per crop or None)``.
     """
     height, width = config["data"]["input_size"]
-    keras.utils.set_random_seed(0)
-    if keras_path:
-        get_builder(config["model"]["name"])
-        model = keras.models.load_model(keras_path)
-    else:
-        model = build_model(config)
+    model = load_or_build_model(config, keras_path)
     crops = tf.constant(np.random.default_rng(1).uniform(0, 255, (BATCH_SIZE, height, width, 3)), tf.float32)
     forwards = {}
     for precision in precisions:
         network = export.serving_network(model, _export_config(config, precision)[0], precision)
         function = tf.function(lambda x, network=network: tf.cast(network(x, training=False), tf.float32))
         forwards[precision] = lambda function=function: function(crops).numpy()
-    limits = {key: seconds / BATCH_SIZE for key, seconds in _interleaved_median_seconds(forwards, runs).items()}
+    limits = {key: seconds / BATCH_SIZE for key, seconds in interleaved_median_seconds(forwards, runs).items()}
     if torch_forward is not None:
         # on its own: OpenMP threads that spin after a call would slow the TensorFlow call after it
         limits["torch"] = _median_seconds(torch_forward, runs) / BATCH_SIZE

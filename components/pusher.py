@@ -349,7 +349,8 @@ def deploy_files(rows) -> tuple:
     for row in rows:
         path = row.get("path") or ""
         if row.get("verdict") != "BLESSED" or not tf.io.gfile.exists(path):
-            refused.append({"format": row.get("format"), "reasons": row.get("reasons") or ["artifact file missing"]})
+            refused.append({"format": row.get("format"), "delta": row.get("delta"), "max_delta": row.get("max_delta"),
+                            "reasons": row.get("reasons") or ["artifact file missing"]})
             continue
         folder = f"deploy/{row['format']}"
         spec_path = f"{os.path.dirname(path)}/{serving.DEPLOY_SPEC_FILE}"

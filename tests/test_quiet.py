@@ -48,6 +48,13 @@ def test_deprecation_notices_are_dropped_as_whole_records():
     assert notices.filter(record("Trainer: loss is NaN at step 40"))
 
 
+def test_a_noise_line_written_after_a_progress_bar_keeps_the_bar():
+    bar = "predict:   0%|          | 0/4 [00:00<?, ? images/s]"
+    assert quiet.filter_segment(bar + NOISE_LINES[3]) == bar
+    assert quiet.filter_segment(bar) == bar
+    assert quiet.filter_segment(NOISE_LINES[3]) is None
+
+
 def test_noise_patterns():
     assert all(quiet.is_noise(line) for line in NOISE_LINES)
     assert not any(quiet.is_noise(line) for line in KEPT_LINES)
@@ -62,6 +69,7 @@ lines = {lines!r}
 for line in lines:
     os.write(2, (line + "\\n").encode())            # C++-style writes to fd 2
 print("python stderr line", file=sys.stderr)
+os.write(2, b"\\rbar 1/2" + {bar_noise!r} + b"\\n\\rbar 2/2\\n")   # a progress bar with a C++ line after it
 subprocess.run([sys.executable, "-c", {child!r}])   # a child inheriting fd 2
 """
 
@@ -72,15 +80,17 @@ def _run(env_debug):
     if env_debug:
         env[quiet.DEBUG_ENV] = "1"
     child = "import os; os.write(2, %r)" % (NOISE_LINES[3] + "\nchild ok\n").encode()
-    script = SCRIPT.format(root=ROOT, lines=NOISE_LINES + KEPT_LINES, child=child)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    script = SCRIPT.format(root=ROOT, lines=NOISE_LINES + KEPT_LINES, child=child, bar_noise=NOISE_LINES[3].encode())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=60)
+    # bytes decoded by hand: text mode would turn the progress bar's \r into line ends
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
 def test_filter_drops_noise_keeps_the_rest_in_order():
     result = _run(env_debug=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "active"
-    assert result.stderr.splitlines() == KEPT_LINES + ["python stderr line", "child ok"]
+    assert result.stderr.split("\n") == KEPT_LINES + ["python stderr line", "\rbar 1/2\rbar 2/2", "child ok", ""]
 
 
 def test_debug_shows_everything():
@@ -100,3 +110,18 @@ def test_tensorflow_start_up_is_silent_under_the_filter():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3.0"
     assert result.stderr == "", result.stderr
+
+
+def test_a_script_run_cli_is_filtered_a_called_main_is_not():
+    """cli.run filters a command run as a script (its main lives in __main__), not a main called from code."""
+    script = ("import os, sys; sys.path.insert(0, %r)\n"
+              "from toolkit import cli, quiet\n"
+              "def main():\n"
+              "    os.write(2, %r)\n"
+              "    print('filtered' if quiet._state else 'unfiltered', flush=True)\n"
+              "sys.exit(cli.run(main, prog='tool'))\n") % (ROOT, (NOISE_LINES[3] + "\nkept\n").encode())
+    env = {k: v for k, v in os.environ.items() if k != quiet.DEBUG_ENV}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "filtered"
+    assert result.stderr.splitlines() == ["kept"]
+    assert not quiet._state   # this test process (a main called from code) was never filtered

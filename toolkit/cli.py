@@ -324,8 +324,16 @@ def run(main: Callable[[], Optional[int]], prog: str | None = None) -> int:
         stderr: ``<prog>: error: <Type>: <message> (raised in <file:line>,
         from <our file:line>)``), 130 on Ctrl-C. With ``DARKPOSE_DEBUG=1``
         the traceback is printed first.
+
+    When ``main`` is the running script's own (``python -m <module>`` defines it in ``__main__``), library
+    start-up noise is filtered from its standard error first (:func:`toolkit.quiet.install`; not for a
+    ``main`` called from other code, such as a test).
     """
     prog = prog or os.path.basename(sys.argv[0] or "darkpose")
+    if getattr(main, "__module__", None) == "__main__":
+        from toolkit import quiet
+
+        quiet.install()
     try:
         status = main()
     except KeyboardInterrupt:

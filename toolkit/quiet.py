@@ -82,7 +82,28 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+_ABSL_ANYWHERE = re.compile(_ABSL_CPP[1:])
+_SEGMENT = re.compile(rb"[^\r\n]*[\r\n]")
+
+
+def filter_segment(segment: str) -> str | None:
+    """One segment of standard error (text up to a ``\\n`` or ``\\r``, without it) after the filter.
+
+    Returns None for a noise segment; the part before a noise line that a library wrote right after
+    text without a line end (a progress bar's ``\\r`` update) is kept, without the noise; any other
+    segment is returned unchanged.
+    """
+    if is_noise(segment):
+        return None
+    match = _ABSL_ANYWHERE.search(segment)
+    if match and match.start() > 0 and is_noise(segment[match.start():]):
+        return segment[:match.start()]
+    return segment
+
+
 def _pump(read_fd: int, write_fd: int) -> None:
+    """Copies ``read_fd`` to ``write_fd`` segment by segment (``\\n`` and ``\\r`` both end one, so progress
+    bars stay live), dropping noise (:func:`filter_segment`)."""
     pending = b""
     with os.fdopen(read_fd, "rb", buffering=0) as source:
         while True:
@@ -90,12 +111,22 @@ def _pump(read_fd: int, write_fd: int) -> None:
             if not chunk:
                 break
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            kept = [line for line in lines if not is_noise(line.decode("utf-8", "replace"))]
-            if kept:
-                os.write(write_fd, b"\n".join(kept) + b"\n")
-    if pending and not is_noise(pending.decode("utf-8", "replace")):
-        os.write(write_fd, pending)
+            out, end = [], 0
+            for match in _SEGMENT.finditer(pending):
+                end = match.end()
+                text = match.group()[:-1].decode("utf-8", "replace")
+                kept = filter_segment(text)
+                if kept is None:
+                    continue
+                # A segment cut short (noise after a progress bar) keeps no line end: the end was the noise's.
+                out.append(match.group() if kept == text else kept.encode("utf-8"))
+            pending = pending[end:]
+            if out:
+                os.write(write_fd, b"".join(out))
+    if pending:
+        kept = filter_segment(pending.decode("utf-8", "replace"))
+        if kept:
+            os.write(write_fd, kept.encode("utf-8"))
 
 
 def install() -> bool:
