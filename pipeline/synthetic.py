@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 
 from toolkit import cli
+from pipeline.fingerprint import file_sha256
 from schemas.keypoints import COCO
 from schemas import jsonio
 
@@ -441,14 +442,6 @@ def _detections(rng: np.random.Generator, people: List[Dict[str, Any]], image_id
     return detections
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: str, payload: Any) -> None:
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -543,7 +536,7 @@ def generate_dataset(out_dir: str, spec: SyntheticSpec | None = None) -> Dict[st
     val = generate_split(out_dir, "val", spec)
     digest = hashlib.sha256()
     for path in (train["annotations"], val["annotations"], val["detections"]):
-        digest.update(_sha256(path).encode())
+        digest.update(file_sha256(path)[0].encode())
     info = {
         "generator_version": GENERATOR_VERSION,
         "settings": settings,
