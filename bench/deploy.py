@@ -23,7 +23,10 @@ Every artifact and SavedModel is exported with ``eval.flip_test`` off, so each c
 as in the anchor; ours include the DARK decode in the graph (the SavedModel's ``heatmaps`` signature and the
 anchor do not decode). int8 is calibrated on random crops (a timing run; its accuracy is the Evaluator's
 business). ``ratio`` = anchor ms / row ms at the same batch and threads (> 1: faster than the anchor), for
-the HRNet-W32 rows. Times are medians of ``--runs`` calls after one warm-up call. The CPU flags that matter
+the HRNet-W32 rows. The issue's target (our best artifact >= 1.5x the anchor at batch 1, with its accuracy
+within the deployment gate) is judged with the gate verdicts of an Evaluator run (``--blessing``: a
+``blessing.json``, by default the newest of the demo pipeline under ``runs/``): the fastest HRNet-W32 artifact at
+batch 1 whose format the gate blessed on the trained demo model (the same conversion recipe). Times are medians of ``--runs`` calls after one warm-up call. The CPU flags that matter
 (AVX2, AVX-512, VNNI, bfloat16, AMX) are printed; the last line is one JSON object
 ``{"rows": [...], "machine": {...}}``.
 """
@@ -183,6 +186,49 @@ def bench_model(name: str, config, directory: str, runs: int, keras_path: str | 
     return rows
 
 
+DEFAULT_BLESSING_GLOB = "runs/tfx/PoseEvaluator/blessing/*/blessing.json"
+TARGET_RATIO = 1.5
+
+
+def gate_verdicts(path: str | None) -> tuple:
+    """``(blessing.json path or None, {format: {"verdict", "delta", "max_delta", "metric"}})`` of an Evaluator run.
+
+    ``path`` None: the newest :data:`DEFAULT_BLESSING_GLOB` (none: no verdicts).
+
+    Raises:
+        ValueError: ``path`` is not a readable blessing.json with a ``deploy_artifacts`` list.
+    """
+    import glob
+
+    if path is None:
+        found = sorted(glob.glob(os.path.join(ROOT, DEFAULT_BLESSING_GLOB)), key=os.path.getmtime)
+        if not found:
+            return None, {}
+        path = found[-1]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            rows = json.load(handle)["deploy_artifacts"] or []
+        return path, {row["format"]: {"verdict": row["verdict"], "delta": row.get("delta"),
+                                      "max_delta": row.get("max_delta"), "metric": row.get("primary_metric")}
+                      for row in rows}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--blessing {path}: not an Evaluator blessing.json with deploy_artifacts ({error})")
+
+
+def judge_target(table, verdicts) -> dict:
+    """The issue's target from the HRNet-W32 rows and the gate: best blessed artifact's ratio at batch 1."""
+    blessed = [row for row in table if row["model"] == "hrnet_w32" and row["ratio_vs_anchor"]
+               and verdicts.get(row["runtime"], {}).get("verdict") == "BLESSED"]
+    if not any(row["model"] == "hrnet_w32" for row in table):
+        return {"met": False, "reason": "no HRNet-W32 rows in this run (--quick or --models)"}
+    if not blessed:
+        return {"met": False, "reason": "no artifact with a BLESSED gate verdict (run make demo, or pass --blessing)"}
+    best = max(blessed, key=lambda row: min(row["ratio_vs_anchor"]["b1_t1"], row["ratio_vs_anchor"]["b1_t2"]))
+    ratios = {key: best["ratio_vs_anchor"][key] for key in ("b1_t1", "b1_t2")}
+    return {"artifact": best["runtime"], "ratio_b1": ratios, "gate": verdicts[best["runtime"]],
+            "target_ratio": TARGET_RATIO, "met": min(ratios.values()) >= TARGET_RATIO}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {sorted(MODELS)}")
@@ -190,7 +236,15 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-keras", default=None, help="trained demo model.keras (default: random weights)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: the demo model only, the anchor at {QUICK_ANCHOR_SIZE}, 2 calls each")
+    parser.add_argument("--blessing", default=None,
+                        help="an Evaluator blessing.json with deploy_artifacts verdicts (default: the newest "
+                             f"{DEFAULT_BLESSING_GLOB})")
     args = parser.parse_args(argv)
+    try:
+        blessing_path, verdicts = gate_verdicts(args.blessing)
+    except ValueError as error:
+        print(f"bench/deploy.py: error: {error}", file=sys.stderr)
+        return 2
     names = ["demo"] if args.quick else [name for name in args.models.split(",") if name]
     runs = 2 if args.quick else args.runs
     if [name for name in names if name not in MODELS] or runs < 1:
@@ -228,8 +282,10 @@ def main(argv=None) -> int:
                               "ratio_vs_anchor": ({f"b{b}_t{t}": anchor[(b, t)] / figures[(b, t)]
                                                    for b in BATCHES for t in THREADS} if name == "hrnet_w32" else None)})
     keys = [f"b{b}_t{t}" for b in BATCHES for t in THREADS]
+    for row in table:
+        row["gate"] = verdicts.get(row["runtime"])
     header = f"{'model':<10}{'runtime':<22}{'input':>8}" + "".join(f"{key + ' ms':>11}" for key in keys) + \
-        "".join(f"{key + ' x':>10}" for key in keys)
+        "".join(f"{key + ' x':>10}" for key in keys) + f"  {'gate (demo model)':<24}"
     print(header)
     print("-" * len(header))
     for row in table:
@@ -237,12 +293,26 @@ def main(argv=None) -> int:
         line += "".join(f"{row['ms_per_crop'][key]:>11.2f}" for key in keys)
         line += "".join(f"{row['ratio_vs_anchor'][key]:>10.2f}" if row["ratio_vs_anchor"] else f"{'-':>10}"
                         for key in keys)
+        gate = row["gate"]
+        if gate:
+            delta = "-" if gate["delta"] is None else f"{gate['delta']:+.4f}"
+            line += f"  {gate['verdict']} d{gate['metric']} {delta}"
         print(line)
     print("ms per crop at batch b with t threads; x = anchor ms / row ms at the same b and t (HRNet-W32 rows; "
           "> 1 is faster than PyTorch->ONNX Runtime). Ours include DARK decoding in the graph (not the SavedModel "
           "heatmaps signature nor the anchor).")
+    target = judge_target(table, verdicts)
+    print(f"gate verdicts: {blessing_path or 'none found'}")
+    if "artifact" in target:
+        print(f"target (best blessed artifact >= {TARGET_RATIO}x the anchor at batch 1): {target['artifact']} "
+              f"{target['ratio_b1']['b1_t1']:.2f}x (1 thread), {target['ratio_b1']['b1_t2']:.2f}x (2 threads), "
+              f"gate {target['gate']['verdict']} d{target['gate']['metric']} {target['gate']['delta']:+.4f}: "
+              f"{'met' if target['met'] else 'NOT met'}")
+    else:
+        print(f"target: NOT judged: {target['reason']}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
-    print(json.dumps({"rows": table, "quick": bool(args.quick), "machine": {
+    print(json.dumps({"rows": table, "quick": bool(args.quick), "target": target, "gate_file": blessing_path,
+                      "machine": {
         "cores": os.cpu_count(), "cpu_flags": flags, "native_bfloat16": native_bf16, "reason": reason,
         "load_start": load, "load_end": os.getloadavg()[0], "tensorflow": tf.__version__,
         "onnxruntime": onnxruntime.__version__}}))

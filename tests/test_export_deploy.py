@@ -354,3 +354,34 @@ def test_detector_crops_of_one_image_are_told_apart(deployed, tmp_path):
         want = np.asarray(person["prediction"]).reshape(-1, 3)
         scale = float(np.max(person["scale"])) / 64.0   # image pixels per crop pixel (at most)
         assert np.abs(got[:, :2] - want[:, :2]).max() <= FLOAT32_BOUND * scale + 1e-3
+
+
+
+def test_int8_check_refuses_a_rescaled_copy_op(deployed, monkeypatch):
+    """The LiteRT quantizer gave REVERSE_V2 (the flip test's mirror of the input) its own output scale although
+    the int8 kernel copies codes: every mirrored pixel came back wrong and nothing failed (demo model: AP
+    -0.057). The export refuses such a model; the flip test now mirrors with a strided slice."""
+    layers = export_deploy._layers
+
+    def reversing_layers():
+        flip_images, flip_average, dark_decode = layers()
+
+        class ReverseLayer(flip_images):
+            def call(self, images):
+                return tf.reverse(images, axis=[2])
+
+        return ReverseLayer, flip_average, dark_decode
+
+    monkeypatch.setattr(export_deploy, "_layers", reversing_layers)
+    from trainer.models import build_model
+
+    keras.utils.set_random_seed(0)
+    network = build_model(deployed["config"])   # the demo's layout (input normalisation, ResNet, deconvolutions)
+    deploy_model = export_deploy.deploy_keras_model(network, deployed["config"], deployed["codec"])
+    crops = deployed["crops"][:16]
+    with pytest.raises(export_deploy.DeployExportError, match="REVERSE_V2"):
+        export_deploy.convert_tflite(deploy_model, "int8", crops)
+    monkeypatch.undo()   # the shipped flip (strided slice) keeps the input's scale: accepted
+    deploy_model = export_deploy.deploy_keras_model(network, deployed["config"], deployed["codec"])
+    assert "STRIDED_SLICE" in export_deploy.check_tflite_ops(export_deploy.convert_tflite(deploy_model, "int8", crops),
+                                                             "tflite_int8")
