@@ -43,9 +43,11 @@ heatmaps are DARK's unbiased Gaussians, Zhang et al. CVPR 2020):
    dropped (score 0: two people never share a keypoint); every peak within r
    of a joint the person kept is used up. The person score is the mean of
    its K keypoint scores (PersonLab Sec. 3.3); people scoring below
-   ``min_person_score`` are dropped. A ``tf.while_loop`` over accepted
-   people: each step is a few ops over all peaks, so the cost grows slowly
-   with the number of people (``bench/bottom_up.py``).
+   ``min_person_score`` are dropped. A ``tf.while_loop`` whose steps each
+   settle up to :data:`GROUPING_BLOCK` seeds at once, exactly as the
+   one-seed-per-step loop would (see :func:`group_people`): a crowd of
+   separate people takes a few steps, so the cost grows slowly with the
+   number of people (``bench/people.py``).
 4. **Fragments** (our addition; StrongPose's body heatmap): where a joint is
    missing from a person's graph, the joints beyond it can come out as a
    separate low-scoring person; :func:`attach_fragments` re-attaches them to
@@ -368,9 +370,26 @@ def build_skeletons(peaks: Mapping[str, tf.Tensor], heatmaps: tf.Tensor, short: 
     return {"positions": skeleton_positions, "scores": skeleton_scores, "status": skeleton_status}
 
 
+GROUPING_BLOCK = 16
+"""Seeds examined per grouping step (:func:`group_people`); any value gives the same people."""
+
+
 def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tensor], settings: DecoderSettings,
-                 body_peaks: Mapping[str, tf.Tensor] | None = None) -> Dict[str, tf.Tensor]:
+                 body_peaks: Mapping[str, tf.Tensor] | None = None, block: int = GROUPING_BLOCK
+                 ) -> Dict[str, tf.Tensor]:
     """Step 3 and 4: greedy acceptance with keypoint-level NMS, fragments re-attached, then the N best people.
+
+    The greedy order is sequential (PersonLab Sec. 3.3: the best unused seed next), but most of its
+    decisions do not depend on each other: each ``tf.while_loop`` step takes the ``block`` best unused seeds
+    and settles, in score order, the longest run of them whose outcome the earlier ones in the run cannot
+    change except by using them up. A seed is *used up* by an earlier accepted seed of the run when it
+    lies within r of that person's kept joint (it is skipped, as the one-by-one loop would skip it); the
+    run ends at the first seed whose skeleton has a joint within r of the same joint of an earlier accepted
+    person of the run (keypoint NMS would change it: it is taken first in the next step). Who uses up whom
+    is a triangular system, solved by fixed-point rounds; the run also ends where two rounds still
+    disagree. The people, their order and their scores are those of the one-seed-per-step loop
+    (``block=1``; ``tests/test_bottom_up_decode.py`` compares the two), in a few steps for a crowd of
+    separate people instead of one step per person.
 
     Args:
         peaks: :func:`find_peaks` of the keypoint heatmaps.
@@ -378,6 +397,7 @@ def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tens
         settings: decoder settings.
         body_peaks: :func:`find_peaks` of the body map (positions (B, 1, P, 2),
             valid (B, 1, P)), or None to skip :func:`attach_fragments`.
+        block: seeds examined per step (>= 1).
 
     Returns:
         dict: ``keypoints`` (B, N, K, 3) (x, y output pixels, score),
@@ -387,47 +407,84 @@ def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tens
     joints = settings.num_joints
     per_joint = int(settings.max_candidates)
     seeds = joints * per_joint
+    width = min(int(block), seeds)
     radius_squared = settings.radius_output ** 2
     seed_positions = tf.reshape(peaks["positions"], [batch, seeds, 2])
     seed_scores = tf.reshape(peaks["scores"], [batch, seeds])
     seed_valid = tf.reshape(peaks["valid"], [batch, seeds])
     seed_joint = tf.constant(np.repeat(np.arange(joints), per_joint).astype(np.int32))
+    earlier = tf.constant(np.arange(width)[:, None] < np.arange(width)[None, :])        # (T, T): [i, j] i < j
+    batch_index = tf.tile(tf.range(batch)[:, None], [1, width])                          # (B, T)
 
     def body(used, people_positions, people_scores, people_confirmed, person_scores, count):
         available = seed_valid & ~used
-        has = tf.reduce_any(available, axis=1)                                          # (B,)
-        seed = tf.argmax(tf.where(available, seed_scores, _NEGATIVE), axis=1, output_type=tf.int32)
-        positions = tf.gather(skeletons["positions"], seed, batch_dims=1)              # (B, K, 2)
+        best, seed = tf.math.top_k(tf.where(available, seed_scores, _NEGATIVE), k=width)   # (B, T), ties: lower first
+        live = best > _NEGATIVE / 2
+        positions = tf.gather(skeletons["positions"], seed, batch_dims=1)              # (B, T, K, 2)
         scores = tf.gather(skeletons["scores"], seed, batch_dims=1)
         status = tf.gather(skeletons["status"], seed, batch_dims=1)
-        # Keypoint-level NMS against the people accepted so far (their kept joints have score > 0).
-        taken = tf.range(seeds)[None, :] < count[:, None]                               # (B, M) slots in use
-        distance = tf.reduce_sum(tf.square(people_positions - positions[:, None]), axis=-1)   # (B, M, K)
-        conflict = tf.reduce_any(taken[..., None] & (people_scores > 0) & (distance <= radius_squared), axis=1)
-        kept = (status > 0) & ~conflict
+        # Keypoint-level NMS against the people accepted in earlier steps (their kept joints have score > 0);
+        # only the first C = max(count) slots can hold one.
+        active = tf.reduce_max(count)
+        taken = tf.range(active)[None, :] < count[:, None]                              # (B, C)
+        holder = taken[..., None] & (people_scores[:, :active] > 0)                     # (B, C, K)
+        distance = tf.reduce_sum(tf.square(people_positions[:, None, :active] - positions[:, :, None]), axis=-1)
+        conflict = tf.reduce_any(holder[:, None] & (distance <= radius_squared), axis=2)   # (B, T, K)
+        kept = (status > 0) & ~conflict & live[..., None]
         scores = tf.where(kept, tf.maximum(scores, 0.0), 0.0)
+        holds = scores > 0
         confirmed = kept & (status == 2)
-        person = tf.reduce_mean(scores, axis=-1)
-        accept = has & (person >= settings.min_person_score)
-        slot = tf.one_hot(count, seeds, on_value=True, off_value=False) & accept[:, None]    # (B, M)
-        people_positions = tf.where(slot[..., None, None], positions[:, None], people_positions)
-        people_scores = tf.where(slot[..., None], scores[:, None], people_scores)
-        people_confirmed = tf.where(slot[..., None], confirmed[:, None], people_confirmed)
-        person_scores = tf.where(slot, person[:, None], person_scores)
-        count = count + tf.cast(accept, tf.int32)
-        # Peaks within r of a joint the accepted person kept are used up; the seed always is.
-        joint_positions = tf.gather(positions, seed_joint, axis=1)                      # (B, M, 2)
-        joint_kept = tf.gather(scores > 0, seed_joint, axis=1)
-        near = tf.reduce_sum(tf.square(seed_positions - joint_positions), axis=-1) <= radius_squared
-        used = used | (near & joint_kept & accept[:, None]) | (
-            tf.one_hot(seed, seeds, on_value=True, off_value=False) & has[:, None])
+        person = tf.reduce_mean(scores, axis=-1)                                        # (B, T)
+        accept = live & (person >= settings.min_person_score)
+        # Within the block: i uses up j (j's seed within r of i's kept joint of j's type), i collides with j
+        # (a joint of j within r of the same kept joint of i); both only for an accepted i before j.
+        seed_type = tf.gather(seed_joint, seed)                                         # (B, T)
+        seed_at = tf.gather(seed_positions, seed, batch_dims=1)                         # (B, T, 2)
+        joint_of_type = tf.gather(positions, seed_type, axis=2, batch_dims=1)           # (B, T_i, T_j, 2)
+        holds_type = tf.gather(holds, seed_type, axis=2, batch_dims=1)                  # (B, T_i, T_j)
+        uses = (earlier[None] & accept[:, :, None] & holds_type
+                & (tf.reduce_sum(tf.square(joint_of_type - seed_at[:, None]), axis=-1) <= radius_squared))
+        pair = tf.reduce_sum(tf.square(positions[:, :, None] - positions[:, None]), axis=-1)   # (B, T_i, T_j, K)
+        collides = earlier[None] & accept[:, :, None] & tf.reduce_any(
+            holds[:, :, None] & (status[:, None] > 0) & (pair <= radius_squared), axis=-1)
+
+        def skipped_after(skipped):
+            return tf.reduce_any(uses & ~skipped[:, :, None], axis=1)                  # (B, T_j)
+
+        skipped = tf.zeros_like(live)
+        for _ in range(3):
+            skipped = skipped_after(skipped)
+        settled = tf.equal(skipped, skipped_after(skipped))
+        changed = ~skipped & tf.reduce_any(collides & ~skipped[:, :, None], axis=1)
+        stop = ~live | ~settled | changed
+        run = tf.equal(tf.cumsum(tf.cast(stop, tf.int32), axis=1), 0)                  # (B, T) the settled run
+        takes = run & ~skipped
+        accepted = takes & accept
+        slot = tf.where(accepted, count[:, None] + tf.cumsum(tf.cast(accepted, tf.int32), axis=1, exclusive=True),
+                        seeds)                                                           # slot M: discarded
+        index = tf.stack([batch_index, slot], axis=-1)
+        people_positions = tf.tensor_scatter_nd_update(people_positions, index, positions)
+        people_scores = tf.tensor_scatter_nd_update(people_scores, index, scores)
+        people_confirmed = tf.tensor_scatter_nd_update(people_confirmed, index, confirmed)
+        person_scores = tf.tensor_scatter_nd_update(person_scores, index, person)
+        count = count + tf.reduce_sum(tf.cast(accepted, tf.int32), axis=1)
+        # Peaks within r of a joint an accepted person kept are used up; the run's seeds always are.
+        by_joint = tf.reshape(seed_positions, [batch, 1, joints, per_joint, 2])         # seeds are joint-major
+        near = tf.reduce_sum(tf.square(by_joint - positions[:, :, :, None]), axis=-1) <= radius_squared
+        near = near & holds[..., None] & accepted[:, :, None, None]                     # (B, T, K, P)
+        used = used | tf.reshape(tf.reduce_any(near, axis=1), [batch, seeds]) | tf.reduce_any(
+            tf.one_hot(seed, seeds, on_value=True, off_value=False) & run[..., None], axis=1)
         return _same_shapes((used, people_positions, people_scores, people_confirmed, person_scores, count), state)
 
-    state = (tf.zeros([batch, seeds], tf.bool), tf.zeros([batch, seeds, joints, 2]), tf.zeros([batch, seeds, joints]),
-             tf.zeros([batch, seeds, joints], tf.bool), tf.fill([batch, seeds], tf.constant(_NEGATIVE, tf.float32)),
+    slots = seeds + 1
+    state = (tf.zeros([batch, seeds], tf.bool), tf.zeros([batch, slots, joints, 2]), tf.zeros([batch, slots, joints]),
+             tf.zeros([batch, slots, joints], tf.bool), tf.fill([batch, slots], tf.constant(_NEGATIVE, tf.float32)),
              tf.zeros([batch], tf.int32))
-    _, people_positions, people_scores, people_confirmed, person_scores, _ = tf.while_loop(
+    _, people_positions, people_scores, people_confirmed, person_scores, count = tf.while_loop(
         lambda used, *_: tf.reduce_any(seed_valid & ~used), body, state, maximum_iterations=seeds)
+    people_positions, people_scores = people_positions[:, :seeds], people_scores[:, :seeds]
+    people_confirmed = people_confirmed[:, :seeds]
+    person_scores = tf.where(tf.range(seeds)[None] < count[:, None], person_scores[:, :seeds], _NEGATIVE)
     if body_peaks is not None:
         # The best 2P accepted people (fragments score low but must be among them to be re-attached).
         candidates = min(seeds, 2 * per_joint)
@@ -472,7 +529,8 @@ def attach_fragments(positions: tf.Tensor, scores: tf.Tensor, confirmed: tf.Tens
     confirmed joints are all joints H has not confirmed, and adding them
     moves H's centre closer to H's body peak; among such H, the one whose
     new centre is closest. F's joints then replace H's guesses. One
-    ``tf.while_loop`` step per person found (at most 2P, P = ``max_candidates``).
+    ``tf.while_loop`` step per possible fragment (a person with confirmed joints and no body peak of its
+    own; at most 2P, P = ``max_candidates``).
 
     Args:
         positions: (B, T, K, 2) output pixels, people in decreasing score order.
@@ -499,9 +557,17 @@ def attach_fragments(positions: tf.Tensor, scores: tf.Tensor, confirmed: tf.Tens
                             & (valid & has_peak)[:, None, :], axis=-1)
     alone = (tf.reduce_min(distance, axis=-1) <= radius) & ~claimed
 
-    def step(index, positions, scores, confirmed, merged):
+    # Whether person f is a fragment is known before the loop: its confirmed joints change only when it hosts
+    # a fragment, and hosts come before the fragment (earlier steps, lower indices); it is merged only at its
+    # own step. So only those people need a step (none in a crowd where everyone has a body peak).
+    is_fragment = valid & ~alone & tf.reduce_any(confirmed, axis=-1)                      # (B, T)
+    order = tf.reshape(tf.where(tf.reduce_any(is_fragment, axis=0) & (tf.range(people) > 0)), [-1])
+    order = tf.cast(order, tf.int32)
+
+    def step(position, positions, scores, confirmed, merged):
+        index = order[position]
         fragment_confirmed = confirmed[:, index]                                           # (B, K)
-        fragment = valid[:, index] & ~merged[:, index] & ~alone[:, index] & tf.reduce_any(fragment_confirmed, -1)
+        fragment = is_fragment[:, index]
         union_confirmed = confirmed | fragment_confirmed[:, None]
         union_positions = tf.where(fragment_confirmed[:, None, :, None], positions[:, index][:, None], positions)
         union_centre, _ = _centres(union_confirmed, union_positions)
@@ -518,13 +584,11 @@ def attach_fragments(positions: tf.Tensor, scores: tf.Tensor, confirmed: tf.Tens
         scores = tf.where(replace, scores[:, index][:, None], scores)
         confirmed = confirmed | replace
         merged = merged | (tf.one_hot(index, people, on_value=True, off_value=False)[None] & attach[:, None])
-        return index + 1, positions, scores, confirmed, merged
+        return position + 1, positions, scores, confirmed, merged
 
-    # People are in decreasing score order, valid slots first: only those need a step.
-    last = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
     _, positions, scores, _, merged = tf.while_loop(
-        lambda index, *_: index < last, step,
-        (tf.constant(1), positions, scores, confirmed, tf.zeros_like(valid)))
+        lambda position, *_: position < tf.size(order), step,
+        (tf.constant(0), positions, scores, confirmed, tf.zeros_like(valid)))
     return positions, scores, merged
 
 

@@ -513,3 +513,29 @@ def test_empty_batches_give_empty_outputs():
     assert served["keypoints"].shape == (0, 30, 17, 3) and served["person_scores"].shape == (0, 30)
     assert served["num_people"].shape == (0,) and served["image_id"].shape == (0,)
     assert module.heatmaps(tf.zeros([0, 129, 129, 3]))["outputs"].shape == (0, 33, 33, layout.num_channels("coco"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_grouping_in_blocks_equals_one_seed_per_step(seed):
+    """group_people settles up to GROUPING_BLOCK seeds per step; the people (positions, scores, order) are
+    bit for bit those of the one-seed-per-step greedy loop (block=1), on overlapping crowds with noise
+    (seeds that use each other up and skeletons that collide inside one block)."""
+    config = _config(max_people=30)
+    settings = bottom_up_decode_tf.DecoderSettings.from_config(config)
+    rng = np.random.default_rng(seed)
+    batch = []
+    for count in (6, 25):
+        centres = rng.uniform(30, 100, (count, 1, 2))
+        people = np.concatenate([centres + rng.normal(0, 12, (count, 17, 2)),
+                                 np.where(rng.uniform(size=(count, 17, 1)) < 0.8, 2.0, 0.0)], axis=-1)
+        targets = bottom_up_codec.encode(people, config)
+        batch.append(targets + 0.1 * rng.normal(size=targets.shape) * (rng.uniform(size=targets.shape) < 0.1))
+    parts = layout.split_channels(tf.constant(np.stack(batch), tf.float32), "coco")
+    peaks = bottom_up_decode_tf.find_peaks(parts["heatmaps"], parts["short"], settings)
+    skeletons = bottom_up_decode_tf.build_skeletons(peaks, parts["heatmaps"], parts["short"], parts["mid"], settings)
+    body = bottom_up_decode_tf.find_peaks(parts["body"], None, settings)
+    one = bottom_up_decode_tf.group_people(peaks, skeletons, settings, body, block=1)
+    blocked = bottom_up_decode_tf.group_people(peaks, skeletons, settings, body)
+    assert int(one["num_people"][1]) >= 20
+    for name in one:
+        np.testing.assert_array_equal(one[name].numpy(), blocked[name].numpy(), err_msg=name)
