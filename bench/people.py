@@ -21,14 +21,15 @@ exported SavedModels of the two demo-sized models:
   network's output times 0 plus the encoded targets of the image's n figures
   (:func:`pose.bottom_up_codec.encode`), one export per n: the network runs
   at full cost and the decoder groups n real people (random weights would
-  give the decoder noise, whose cost has nothing to do with n). The
-  ``found`` column is the decoder's ``num_people`` on that output (at 129 x 129
-  it may split or merge small figures; a smoke run found 2 for 1 and 7 for 5).
+  give the decoder noise, whose cost has nothing to do with n; with the flip
+  test the mirrored half of the batch gets the mirrored image's targets, see
+  :class:`PlusTargets`). The ``found`` column is the decoder's ``num_people``
+  on that output (n when every figure is found whole).
 
 Weights are random (speed does not depend on them). Each figure is the
-median of ``--runs`` calls after one warm-up call; the calls of one count
-take turns (top-down, bottom-up, top-down, ...) so that load from other
-processes hits both alike. Targets of issue 25 (benchmark figures, not
+median of ``--runs`` calls after one warm-up call; the calls of all counts
+and both approaches take turns in one loop, so that load from other
+processes, or a slow spell of the machine, hits every figure alike. Targets of issue 25 (benchmark figures, not
 tests): bottom-up ``t(50) / t(1) <= 1.5``; top-down per extra person
 ``(t(50) - t(1)) / 49 <= 1.1`` x one person's network pass (nothing but the
 network grows with the people). The first line gives TF, the cores, the
@@ -59,6 +60,7 @@ from pipeline.synthetic import draw_figure, sample_pose  # noqa: E402
 from pose import bottom_up_codec, coordinates  # noqa: E402
 from pose.codec import HeatmapCodec  # noqa: E402
 from pose.config import load_config  # noqa: E402
+from schemas import bottom_up as bottom_up_schema  # noqa: E402
 from schemas import serving  # noqa: E402
 from trainer import export  # noqa: E402
 from trainer.models import build_model  # noqa: E402
@@ -109,18 +111,28 @@ def scene(count: int, size=IMAGE_SIZE, seed: int = 0):
 
 
 class PlusTargets(keras.layers.Layer):
-    """``outputs * 0 + targets``: the network runs, the decoder sees fixed people."""
+    """``outputs * 0 + targets``: the network runs, the decoder sees fixed people.
 
-    def __init__(self, targets, **kwargs):
+    With the flip test the exported model runs one batch ``[images, mirrored images]``
+    (:meth:`trainer.export_bottom_up` ``predict_outputs``): its second half gets the targets of the
+    mirrored image (``schemas.bottom_up.flip_channels`` of the mirrored maps), so that the flip-back
+    averages the people with themselves, as a real network's output would, not with their mirror images.
+    """
+
+    def __init__(self, targets, dataset: str, flip_test: bool, **kwargs):
         super().__init__(**kwargs)
-        self._targets = np.asarray(targets, np.float32)
+        targets = np.asarray(targets, np.float32)
+        self._table = np.stack([targets, bottom_up_schema.flip_channels(targets[:, ::-1], dataset)])
+        self._flip_test = bool(flip_test)
 
     def build(self, input_shape):
-        self.table = self.add_weight(shape=self._targets.shape, trainable=False, name="targets",
-                                     initializer=keras.initializers.Constant(self._targets))
+        self.table = self.add_weight(shape=self._table.shape, trainable=False, name="targets",
+                                     initializer=keras.initializers.Constant(self._table))
 
     def call(self, outputs):
-        return outputs * 0.0 + self.table[None]
+        count = tf.shape(outputs)[0]
+        mirrored = tf.range(count) >= count // 2 if self._flip_test else tf.zeros([count], tf.bool)
+        return outputs * 0.0 + tf.gather(self.table, tf.cast(mirrored, tf.int32))
 
 
 def _median_ms(functions, runs):
@@ -153,9 +165,9 @@ def main(argv=None) -> None:
         top_predict, heatmaps = top.signatures[serving.PREDICT_IMAGE], top.signatures[serving.HEATMAPS]
         height, width = top_config["data"]["input_size"]
         crops = tf.constant(np.random.default_rng(1).uniform(0, 255, (100, height, width, 3)), tf.float32)
-        network = _median_ms({"pass": lambda: heatmaps(images=crops)[serving.OUTPUT_HEATMAPS].numpy()}, args.runs)
-        pass_ms = network["pass"] / 50.0                       # one person: its crop and its mirror
         bottom_network = build_model(bottom_config)
+        functions = {"pass": lambda: heatmaps(images=crops)[serving.OUTPUT_HEATMAPS].numpy()}
+        found = {}
         for count in counts:
             image, boxes, keypoints = scene(count)
             affine = coordinates.letterbox_affine(IMAGE_SIZE[0], IMAGE_SIZE[1], size)
@@ -164,20 +176,25 @@ def main(argv=None) -> None:
             inputs = keras.Input((size, size, 3))
             outputs = bottom_network(inputs)
             outputs = outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
-            model = keras.Model(inputs, PlusTargets(bottom_up_codec.encode(letterboxed, bottom_config))(outputs))
+            model = keras.Model(inputs, PlusTargets(bottom_up_codec.encode(letterboxed, bottom_config),
+                                                    bottom_config["dataset"],
+                                                    bottom_config["eval"]["flip_test"])(outputs))
             bottom_dir = os.path.join(directory, f"bottom_up_{count}")
             export.export_serving_model(model, bottom_config, None, bottom_dir)
-            bottom = tf.saved_model.load(bottom_dir)
-            bottom_predict = bottom.signatures[serving.PREDICT_IMAGE]
+            bottom_predict = tf.saved_model.load(bottom_dir).signatures[serving.PREDICT_IMAGE]
             image_tensor, box_tensor = tf.constant(image), tf.constant(boxes)
-            found = int(bottom_predict(image=image_tensor)[serving.OUTPUT_NUM_PEOPLE])
-            times = _median_ms({
-                "top_down": lambda: top_predict(image=image_tensor, boxes=box_tensor)[serving.OUTPUT_KEYPOINTS].numpy(),
-                "bottom_up": lambda: bottom_predict(image=image_tensor)[serving.OUTPUT_KEYPOINTS].numpy()}, args.runs)
-            rows[count] = {"top_down_ms": times["top_down"], "bottom_up_ms": times["bottom_up"],
-                           "bottom_up_found": found}
-            print(f"  {count:>3} people: top-down {times['top_down']:8.1f} ms, bottom-up {times['bottom_up']:8.1f} ms "
-                  f"({found} found)", flush=True)
+            found[count] = int(bottom_predict(image=image_tensor)[serving.OUTPUT_NUM_PEOPLE])
+            functions[("top_down", count)] = (lambda predict=top_predict, image=image_tensor, boxes=box_tensor:
+                                              predict(image=image, boxes=boxes)[serving.OUTPUT_KEYPOINTS].numpy())
+            functions[("bottom_up", count)] = (lambda predict=bottom_predict, image=image_tensor:
+                                               predict(image=image)[serving.OUTPUT_KEYPOINTS].numpy())
+            print(f"  {count:>3} people: exported ({found[count]} found by the bottom-up decoder)", flush=True)
+        # Every count's calls take turns in one loop: a slow spell of the machine hits all counts alike.
+        times = _median_ms(functions, args.runs)
+        pass_ms = times["pass"] / 50.0                          # one person: its crop and its mirror
+        for count in counts:
+            rows[count] = {"top_down_ms": times[("top_down", count)], "bottom_up_ms": times[("bottom_up", count)],
+                           "bottom_up_found": found[count]}
     first, last = counts[0], counts[-1]
     per_extra = ((rows[last]["top_down_ms"] - rows[first]["top_down_ms"]) / (last - first)) if last > first else None
     bottom_ratio = rows[last]["bottom_up_ms"] / rows[first]["bottom_up_ms"]
