@@ -15,7 +15,10 @@ Config: ``eval.deploy_artifacts`` (formats to score, default none) and ``eval.de
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
@@ -132,7 +135,8 @@ def evaluate_artifacts(deploy_dir: str, formats: Sequence[str], pattern: str, co
     """Scores and gates each artifact of ``formats`` under ``deploy_dir``; one row per format.
 
     Args:
-        deploy_dir: ``<model_dir>/Format-Deploy``.
+        deploy_dir: ``<model_dir>/Format-Deploy``, local or ``gs://`` (remote artifacts run from a local
+            copy, :func:`local_artifact`).
         formats: formats to score (:data:`schemas.serving.DEPLOY_FORMATS`).
         pattern: eval record files (the ones the SavedModel was scored on).
         config: experiment config (``dataset``, ``data.input_size``, ``eval``).
@@ -156,12 +160,13 @@ def evaluate_artifacts(deploy_dir: str, formats: Sequence[str], pattern: str, co
         path = artifact_path(deploy_dir, name)
         base = {"runtime": runtime, "precision": precision, "path": path}
         try:
-            predictions, ms = artifact_predictions(path, pattern, num_joints, config["data"]["input_size"],
-                                                   int(config["eval"]["batch_size"]), threads=1)
+            with local_artifact(path) as local:
+                predictions, ms = artifact_predictions(local, pattern, num_joints, config["data"]["input_size"],
+                                                       int(config["eval"]["batch_size"]), threads=1)
             replaced, missing = persons_with(persons, predictions)
             metrics = dict(metrics_fn(replaced)) if replaced else {}
             row = gate_row(name, metrics, reference_metrics, primary, deltas[name], missing)
-            row.update(base, size_bytes=os.path.getsize(path), ms_per_crop=ms)
+            row.update(base, size_bytes=tf.io.gfile.stat(path).length, ms_per_crop=ms)
         except Exception as error:  # a broken artifact is named and refused, never fatal to the SavedModel
             row = {"format": name, **base, "metrics": {}, "primary_metric": primary, "delta": None,
                    "max_delta": deltas[name], "verdict": NOT_BLESSED, "size_bytes": None, "ms_per_crop": None,
@@ -170,6 +175,29 @@ def evaluate_artifacts(deploy_dir: str, formats: Sequence[str], pattern: str, co
             f"{row['verdict']}{'; ' + '; '.join(row['reasons']) if row['reasons'] else ''}")
         rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def local_artifact(path: str):
+    """``path`` itself when local, else a local copy of the artifact and its ``deploy.json`` (``gs://``, any
+    ``tf.io.gfile`` scheme): the LiteRT interpreter and ONNX Runtime read local files only. The copy is removed
+    on exit.
+
+    Raises:
+        FileNotFoundError: the artifact does not exist.
+    """
+    if "://" not in path:
+        yield path
+        return
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"model not found: {path}")
+    with tempfile.TemporaryDirectory(prefix="deploy_artifact_") as directory:
+        local = os.path.join(directory, posixpath.basename(path))
+        tf.io.gfile.copy(path, local)
+        spec = posixpath.join(posixpath.dirname(path), serving.DEPLOY_SPEC_FILE)
+        if tf.io.gfile.exists(spec):
+            tf.io.gfile.copy(spec, os.path.join(directory, serving.DEPLOY_SPEC_FILE))
+        yield local
 
 
 SUMMARY_KEY = "deploy_artifacts"

@@ -275,6 +275,37 @@ def test_deploy_gate_refuses_int8_with_corrupted_calibration(deployed, tmp_path)
     assert not (version / "deploy" / "tflite_int8").exists()
 
 
+
+def test_evaluator_scores_artifacts_on_a_remote_filesystem(deployed):
+    """A pipeline root on gs:// puts Format-Deploy there; the runtimes read local files only, so each artifact
+    is scored from a local copy (TF's ram:// filesystem stands in for gs:// here: any tf.io.gfile scheme)."""
+    from components import deploy_eval, evaluator
+    from schemas.dataset_meta import schema_for
+
+    config = deployed["config"]
+    options = {"gt_annotations": None, "rescore_threshold": 0.2, "nms_threshold": 0.9, "soft_nms": False,
+               "restrict_to_eval_images": False}
+
+    def metrics_fn(persons):
+        return evaluator._direct_metrics(schema_for(config), persons, options)["metrics"]
+
+    remote = "ram://deploy_remote/Format-Deploy"
+    for name in ("tflite_fp32", "onnx"):
+        folder = deployed["directory"] / serving.DEPLOY_DIR / name
+        tf.io.gfile.makedirs(f"{remote}/{name}")
+        for file in os.listdir(folder):
+            tf.io.gfile.copy(str(folder / file), f"{remote}/{name}/{file}", overwrite=True)
+    persons = _pseudo_gt_persons(deployed)
+    rows = deploy_eval.evaluate_artifacts(remote, ["tflite_fp32", "onnx"], deployed["eval_pattern"], config, persons,
+                                          metrics_fn(persons), metrics_fn, log=lambda message: None)
+    for row in rows:
+        assert row["verdict"] == deploy_eval.BLESSED, row["reasons"]
+        assert row["path"].startswith("ram://") and row["size_bytes"] == tf.io.gfile.stat(row["path"]).length
+    missing, = deploy_eval.evaluate_artifacts(remote, ["tflite_int8"], deployed["eval_pattern"], config, persons,
+                                              metrics_fn(persons), metrics_fn, log=lambda message: None)
+    assert missing["verdict"] == deploy_eval.NOT_BLESSED and "model not found" in missing["reasons"][0]
+
+
 def _matched_errors(reference, results):
     """Largest keypoint distance (px) from each result to the reference result of its image closest to it."""
     errors = []

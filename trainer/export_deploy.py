@@ -21,15 +21,10 @@ then :class:`DarkDecodeLayer`) converted with ``tf.lite.TFLiteConverter.from_ker
 model is checked (:func:`check_tflite_ops`, :func:`check_onnx_ops`): a Flex or custom op, or an ONNX
 node outside the default domain, raises :class:`DeployExportError`.
 
-DARK in the graph (:class:`DarkDecodeLayer`, float32; Zhang et al., CVPR 2020, Sec. 3.2): the argmax
-in column-major order (ties to the smallest x, then y, as :mod:`pose.codec_np`), the modulation as a
-zero-padded depthwise Gaussian blur (the kernel of :func:`pose.codec_np.gaussian_kernel_1d`) rescaled
-by original max / blurred max of each map (the global maxima, as :func:`pose.codec_np.modulate`),
-values floored at :data:`pose.codec_np.LOG_FLOOR`, and the Taylor step from the thirteen stencil
-values gathered around the peak (applied where the 5x5 neighbourhood is inside the map and
-det(H) != 0; a non-finite step is dropped). Same maths as :mod:`pose.codec_tf` in float32 instead of
-float64; ``tests/test_export_deploy.py`` holds the float32 artifacts to the SavedModel's keypoints
-within 0.05 crop pixels. ``standard`` and ``argmax`` decoding are built the same way.
+DARK in the graph (:class:`DarkDecodeLayer`, float32; Zhang et al., CVPR 2020, Sec. 3.2):
+:func:`pose.codec_portable.decode`, the codec's converter-friendly twin (``standard`` and ``argmax`` too), then
+heatmap -> crop pixels. ``tests/test_export_deploy.py`` holds the float32 artifacts to the SavedModel's
+keypoints within 0.05 crop pixels.
 
 int8: the network is full-integer (weights and activations int8, input uint8, calibrated on crops of
 the train Examples, :func:`calibration_crops`); the flip averaging and DARK decode run in float32
@@ -61,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from pose.codec import HeatmapCodec
-from pose.codec_np import LOG_FLOOR, gaussian_kernel_1d
+from pose import codec_portable
 from pose.coordinates import crop_to_heatmap_factor
 from pose.images import decode_image_tf
 from schemas import examples as examples_layout
@@ -70,8 +65,6 @@ from schemas.dataset_meta import schema_for
 from trainer import records
 from trainer.models import prediction
 
-# Largest finite float32: |x| <= this is "finite" (TFLite has no IS_FINITE built-in; NaN compares false).
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Name prefix of the ops that must stay float32 in the int8 model (flip averaging + decoding).
 FLOAT_SCOPE = "deploy_float"
 
@@ -132,7 +125,7 @@ def _layers():
     class DarkDecodeLayer(keras.layers.Layer):
         """(B, H_hm, W_hm, K) heatmaps -> ``(keypoints (B, K, 2) crop pixels, scores (B, K))``, float32.
 
-        Built-in ops only (ARG_MAX, GATHER, DEPTHWISE_CONV_2D, LOG, ...); see the module docstring.
+        Built-in ops only: :func:`pose.codec_portable.decode`, then heatmap -> crop pixels.
         """
 
         def __init__(self, input_size, heatmap_size, method="dark", blur_kernel=11, **kwargs):
@@ -148,76 +141,12 @@ def _layers():
 
         def call(self, heatmaps):
             with tf.name_scope(FLOAT_SCOPE):
-                return decode_graph(tf.cast(heatmaps, tf.float32), self.input_size, self.heatmap_size,
-                                    self.method, self.blur_kernel)
+                keypoints, scores = codec_portable.decode(tf.cast(heatmaps, tf.float32), self.method,
+                                                          self.blur_kernel)
+                factor = tf.constant(crop_to_heatmap_factor(self.input_size, self.heatmap_size), tf.float32)
+                return keypoints / factor, scores
 
     return FlipImagesLayer, FlipAverageLayer, DarkDecodeLayer
-
-
-def decode_graph(heatmaps: tf.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int],
-                 method: str = "dark", blur_kernel: int = 11):
-    """The converter-friendly float32 decoder: (B, H, W, K) -> (keypoints (B, K, 2) crop pixels, scores (B, K)).
-
-    H, W, K must be static. Ops: TRANSPOSE, RESHAPE, ARG_MAX, REDUCE_MAX, DEPTHWISE_CONV_2D, GATHER,
-    LOG, arithmetic and comparisons, SELECT (all LiteRT built-ins, all default-domain ONNX ops).
-    """
-    height, width, joints = (int(v) for v in heatmaps.shape[1:])
-    batch = tf.shape(heatmaps)[0]
-    by_column = tf.reshape(tf.transpose(heatmaps, [0, 3, 2, 1]), [-1, joints, width * height])
-    index = tf.argmax(by_column, axis=-1, output_type=tf.int32)                       # (B, K), first max
-    scores = tf.reduce_max(by_column, axis=-1)
-    px = index // height
-    py = index - px * height
-    coords = tf.cast(tf.stack([px, py], axis=-1), tf.float32)
-    zero = tf.constant(0.0)
-    origin = tf.range(batch)[:, None] * (height * width * joints) + tf.range(joints)[None, :]   # (B, K)
-
-    def gather(flat, dx, dy):
-        rows = tf.clip_by_value(py + dy, 0, height - 1)
-        cols = tf.clip_by_value(px + dx, 0, width - 1)
-        return tf.gather(flat, origin + (rows * width + cols) * joints)
-
-    if method == "standard":
-        flat = tf.reshape(heatmaps, [-1])
-        inner_x = tf.cast((px >= 1) & (px <= width - 2), tf.float32)
-        inner_y = tf.cast((py >= 1) & (py <= height - 2), tf.float32)
-        shift_x = inner_x * 0.25 * tf.sign(gather(flat, 1, 0) - gather(flat, -1, 0))
-        shift_y = inner_y * 0.25 * tf.sign(gather(flat, 0, 1) - gather(flat, 0, -1))
-        coords = coords + tf.stack([shift_x, shift_y], axis=-1)
-    elif method == "dark":
-        kernel = gaussian_kernel_1d(blur_kernel)
-        kernel_2d = np.outer(kernel, kernel).astype(np.float32)
-        depthwise = np.tile(kernel_2d[:, :, None, None], [1, 1, joints, 1])
-        blurred = tf.nn.depthwise_conv2d(heatmaps, tf.constant(depthwise), strides=[1, 1, 1, 1], padding="SAME")
-        blurred_max = tf.reduce_max(tf.reshape(blurred, [-1, height * width, joints]), axis=1)   # (B, K)
-        positive = blurred_max > 0
-        one = tf.constant(1.0)  # scalars broadcast by SELECT_V2: no ones_like tensor for the quantizer to touch
-        ratio = tf.where(positive, scores / tf.where(positive, blurred_max, one), one)
-        flat = tf.reshape(blurred, [-1])
-
-        def log_at(dx, dy):
-            return tf.math.log(tf.maximum(gather(flat, dx, dy) * ratio, LOG_FLOOR))
-
-        center = log_at(0, 0)
-        dx = 0.5 * (log_at(1, 0) - log_at(-1, 0))
-        dy = 0.5 * (log_at(0, 1) - log_at(0, -1))
-        dxx = 0.25 * (log_at(2, 0) - 2.0 * center + log_at(-2, 0))
-        dyy = 0.25 * (log_at(0, 2) - 2.0 * center + log_at(0, -2))
-        dxy = 0.25 * (log_at(1, 1) - log_at(1, -1) - log_at(-1, 1) + log_at(-1, -1))
-        det = dxx * dyy - dxy * dxy
-        inside = (px >= 2) & (px <= width - 3) & (py >= 2) & (py <= height - 3)
-        apply = inside & tf.not_equal(det, 0.0)
-        safe_det = tf.where(apply, det, one)
-        offsets = tf.stack([-(dyy * dx - dxy * dy) / safe_det, -(dxx * dy - dxy * dx) / safe_det], axis=-1)
-        keep = apply[..., None] & (tf.abs(offsets) <= _FLOAT32_MAX)
-        coords = coords + tf.where(keep, offsets, zero)
-    elif method != "argmax":
-        raise ValueError(f"unknown decoding method {method!r}")
-    valid = tf.abs(scores) <= _FLOAT32_MAX
-    coords = tf.where(valid[..., None], coords, zero)
-    scores = tf.where(valid, scores, zero)
-    factor = tf.constant(crop_to_heatmap_factor(input_size, heatmap_size), tf.float32)
-    return coords / factor, scores
 
 
 def deploy_keras_model(model, config: Mapping[str, Any], codec: HeatmapCodec):
