@@ -26,7 +26,7 @@ An all-zero map decodes to (0, 0) with score 0.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import numpy as np
 
@@ -143,6 +143,22 @@ def modulate(maps: np.ndarray, kernel_size: int) -> np.ndarray:
     return blurred * ratio
 
 
+def taylor_derivatives(at: Callable[[int, int], Any]) -> Tuple[Any, Any, Any, Any, Any]:
+    """Central differences of a log-heatmap around its maximum: ``(dx, dy, dxx, dyy, dxy)``.
+
+    ``at(dx, dy)`` returns the log values at offset (dx, dy) from each maximum (x right, y down), as NumPy
+    arrays or TF tensors alike (only arithmetic is applied): the stencil of DARK's Taylor step (Zhang et al.,
+    CVPR 2020, Sec. 3.2, Eq. 6-7), shared by :func:`taylor_offsets` and :mod:`pose.codec_portable`.
+    """
+    center = at(0, 0)
+    dx = 0.5 * (at(1, 0) - at(-1, 0))
+    dy = 0.5 * (at(0, 1) - at(0, -1))
+    dxx = 0.25 * (at(2, 0) - 2.0 * center + at(-2, 0))
+    dyy = 0.25 * (at(0, 2) - 2.0 * center + at(0, -2))
+    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    return dx, dy, dxx, dyy, dxy
+
+
 def taylor_offsets(log_maps: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """Second-order Taylor step at integer maxima of (M, H, W) log-heatmaps.
 
@@ -157,12 +173,7 @@ def taylor_offsets(log_maps: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.n
     def at(dx: int, dy: int) -> np.ndarray:
         return log_maps[m, np.clip(py + dy, 0, height - 1), np.clip(px + dx, 0, width - 1)]
 
-    center = at(0, 0)
-    dx = 0.5 * (at(1, 0) - at(-1, 0))
-    dy = 0.5 * (at(0, 1) - at(0, -1))
-    dxx = 0.25 * (at(2, 0) - 2.0 * center + at(-2, 0))
-    dyy = 0.25 * (at(0, 2) - 2.0 * center + at(0, -2))
-    dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    dx, dy, dxx, dyy, dxy = taylor_derivatives(at)
     det = dxx * dyy - dxy ** 2
     apply = inside & (det != 0)
     safe_det = np.where(apply, det, 1.0)

@@ -23,7 +23,7 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-from pose.codec_np import LOG_FLOOR, gaussian_kernel_1d
+from pose.codec_np import LOG_FLOOR, gaussian_kernel_1d, taylor_derivatives
 
 # Largest finite float32: |x| <= this is "finite" (LiteRT has no IS_FINITE built-in; NaN compares false).
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -76,12 +76,7 @@ def decode(heatmaps: tf.Tensor, method: str = "dark", blur_kernel: int = 11) -> 
         def log_at(dx, dy):
             return tf.math.log(tf.maximum(gather(flat, dx, dy) * ratio, LOG_FLOOR))
 
-        center = log_at(0, 0)
-        dx = 0.5 * (log_at(1, 0) - log_at(-1, 0))
-        dy = 0.5 * (log_at(0, 1) - log_at(0, -1))
-        dxx = 0.25 * (log_at(2, 0) - 2.0 * center + log_at(-2, 0))
-        dyy = 0.25 * (log_at(0, 2) - 2.0 * center + log_at(0, -2))
-        dxy = 0.25 * (log_at(1, 1) - log_at(1, -1) - log_at(-1, 1) + log_at(-1, -1))
+        dx, dy, dxx, dyy, dxy = taylor_derivatives(log_at)
         det = dxx * dyy - dxy * dxy
         inside = (px >= 2) & (px <= width - 3) & (py >= 2) & (py <= height - 3)
         apply = inside & tf.not_equal(det, 0.0)
