@@ -480,11 +480,11 @@ def group_people(peaks: Mapping[str, tf.Tensor], skeletons: Mapping[str, tf.Tens
     state = (tf.zeros([batch, seeds], tf.bool), tf.zeros([batch, slots, joints, 2]), tf.zeros([batch, slots, joints]),
              tf.zeros([batch, slots, joints], tf.bool), tf.fill([batch, slots], tf.constant(_NEGATIVE, tf.float32)),
              tf.zeros([batch], tf.int32))
-    _, people_positions, people_scores, people_confirmed, person_scores, count = tf.while_loop(
+    _, people_positions, people_scores, people_confirmed, person_scores, _ = tf.while_loop(
         lambda used, *_: tf.reduce_any(seed_valid & ~used), body, state, maximum_iterations=seeds)
+    # Slot M took the block's unaccepted seeds; slots never filled keep their _NEGATIVE person score.
     people_positions, people_scores = people_positions[:, :seeds], people_scores[:, :seeds]
-    people_confirmed = people_confirmed[:, :seeds]
-    person_scores = tf.where(tf.range(seeds)[None] < count[:, None], person_scores[:, :seeds], _NEGATIVE)
+    people_confirmed, person_scores = people_confirmed[:, :seeds], person_scores[:, :seeds]
     if body_peaks is not None:
         # The best 2P accepted people (fragments score low but must be among them to be re-attached).
         candidates = min(seeds, 2 * per_joint)
